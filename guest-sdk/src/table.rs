@@ -1,0 +1,331 @@
+//! Typed tables over the host's key/value `table` resource.
+//!
+//! A [`Table`] pairs a host table handle with a key type and a value codec.
+//! Handles are cached per name for the life of the component instance,
+//! because the WIT contract allows keeping them and each open is a call
+//! into the host.
+
+use std::borrow::Borrow;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use crate::bindings::tablehost::agent::tables as wit;
+use crate::{Codec, Error, Json, Key};
+
+/// The host's reason for rejecting a table operation, which had no effect.
+///
+/// This mirrors the WIT `table-error` variant. Its `Debug` text is stable
+/// and names the case and payload, such as `Undeclared("not-declared")` or
+/// `ValueTooLarge(2097152)`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TableError {
+    /// The agent's configuration does not declare a table of this name.
+    /// Add it to the agent's `tables` list.
+    #[error("table {0:?} is not declared in the agent's tables list")]
+    Undeclared(String),
+
+    /// The key is larger than the agent's `max_key_bytes` limit. The
+    /// payload is the key's size in bytes.
+    #[error("key is {0} bytes, larger than the agent's max_key_bytes limit")]
+    KeyTooLarge(u64),
+
+    /// The value is larger than the agent's `max_value_bytes` limit. The
+    /// payload is the value's size in bytes.
+    #[error("value is {0} bytes, larger than the agent's max_value_bytes limit")]
+    ValueTooLarge(u64),
+
+    /// The host's store failed. Retrying in the same call is unlikely to
+    /// help, so return the error from [`Agent::handle`](crate::Agent::handle).
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+impl From<wit::TableError> for TableError {
+    fn from(error: wit::TableError) -> Self {
+        match error {
+            wit::TableError::Undeclared(name) => Self::Undeclared(name),
+            wit::TableError::KeyTooLarge(size) => Self::KeyTooLarge(size),
+            wit::TableError::ValueTooLarge(size) => Self::ValueTooLarge(size),
+            wit::TableError::Storage(message) => Self::Storage(message),
+        }
+    }
+}
+
+/// A host table handle and the name it was opened with.
+struct OpenTable {
+    name: String,
+    handle: wit::Table,
+}
+
+thread_local! {
+    /// Host handles opened by this instance, by table name. A component
+    /// instance runs on one thread, so a thread-local is instance-wide. A
+    /// `BTreeMap`, unlike a `HashMap`, needs no random seed, which would
+    /// add a `wasi:random` import to every agent.
+    static OPEN_TABLES: RefCell<BTreeMap<String, Rc<OpenTable>>> =
+        const { RefCell::new(BTreeMap::new()) };
+}
+
+/// A host table with keys of type `K` and values of type `V` encoded by the
+/// codec `C`.
+///
+/// Methods take the key in any borrowed form of `K`, like
+/// [`HashMap`](std::collections::HashMap): a `Table<String, V>` accepts
+/// `&str`, and a `Table<Vec<u8>, V>` accepts `&[u8]`. Every operation
+/// applies to the partition of the event being handled. Writes become
+/// durable when the host commits the batch, and are discarded if the batch
+/// fails.
+///
+/// ```no_run
+/// use tablehost_guest::{Postcard, Table};
+///
+/// # fn example() -> Result<(), tablehost_guest::Error> {
+/// // JSON values, the default codec.
+/// let totals: Table<String, i64> = Table::open("totals")?;
+/// totals.set("LAS", &12)?;
+/// assert_eq!(totals.get("LAS")?, Some(12));
+///
+/// // Compact binary values under integer keys.
+/// let readings: Table<u64, (f64, f64), Postcard> = Table::open("readings")?;
+/// readings.set(&1_700_000_000, &(20.5, 0.4))?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Table<K: ?Sized, V, C = Json> {
+    open: Rc<OpenTable>,
+    // The table stores no `K`, `V` or `C` value. The raw pointer allows an
+    // unsized `K`. It adds no restriction, because `Rc` already makes a
+    // table neither `Send` nor `Sync`.
+    types: PhantomData<(*const K, V, C)>,
+}
+
+impl<K: ?Sized, V, C: Codec<V>> Table<K, V, C> {
+    /// Opens the table `name`.
+    ///
+    /// The first successful open of a name calls the host, later ones reuse
+    /// its handle, so opening a table in every
+    /// [`Agent::handle`](crate::Agent::handle) call is cheap. Failures are
+    /// not cached.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Table`] with [`TableError::Undeclared`] when the agent's
+    /// configuration does not declare the table.
+    pub fn open(name: &str) -> Result<Self, Error> {
+        let cached = OPEN_TABLES.with(|tables| tables.borrow().get(name).cloned());
+        let open = match cached {
+            Some(open) => open,
+            None => {
+                let handle =
+                    wit::Table::open(name).map_err(|source| table_error(name, "open", source))?;
+                let open = Rc::new(OpenTable {
+                    name: name.to_string(),
+                    handle,
+                });
+                OPEN_TABLES.with(|tables| {
+                    tables
+                        .borrow_mut()
+                        .insert(name.to_string(), Rc::clone(&open))
+                });
+                open
+            }
+        };
+
+        Ok(Self {
+            open,
+            types: PhantomData,
+        })
+    }
+
+    /// Returns the table's name.
+    pub fn name(&self) -> &str {
+        &self.open.name
+    }
+
+    /// Returns the value stored under `key`, or `None` when the key is
+    /// missing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Table`] when the host rejects the read, and
+    /// [`Error::Decode`] when the stored bytes are not a valid `C` encoding
+    /// of `V`.
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        let key = key.encode_key();
+        let bytes = self
+            .open
+            .handle
+            .get(&key)
+            .map_err(|source| table_error(self.name(), "get", source))?;
+
+        match bytes {
+            None => Ok(None),
+            Some(bytes) => C::decode(&bytes).map(Some).map_err(|source| Error::Decode {
+                table: self.name().to_string(),
+                key: key.escape_ascii().to_string(),
+                codec: C::NAME,
+                source,
+            }),
+        }
+    }
+
+    /// Returns the value stored under `key`, or `V::default()` when the key
+    /// is missing. Nothing is written for a missing key.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Table::get`].
+    pub fn get_or_default<Q>(&self, key: &Q) -> Result<V, Error>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+        V: Default,
+    {
+        Ok(self.get(key)?.unwrap_or_default())
+    }
+
+    /// Stores `value` under `key`, replacing any earlier value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Encode`] when the codec rejects the value, and
+    /// [`Error::Table`] when the host rejects the write, such as
+    /// [`TableError::ValueTooLarge`]. Nothing is written in either case.
+    pub fn set<Q>(&self, key: &Q, value: &V) -> Result<(), Error>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        let bytes = C::encode(value).map_err(|source| Error::Encode {
+            table: self.name().to_string(),
+            codec: C::NAME,
+            source,
+        })?;
+
+        self.open
+            .handle
+            .set(&key.encode_key(), &bytes)
+            .map_err(|source| table_error(self.name(), "set", source))
+    }
+
+    /// Removes `key`. Deleting a missing key succeeds and does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Table`] when the host rejects the delete.
+    pub fn delete<Q>(&self, key: &Q) -> Result<(), Error>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        self.open
+            .handle
+            .delete(&key.encode_key())
+            .map_err(|source| table_error(self.name(), "delete", source))
+    }
+
+    /// Returns whether `key` is present, without reading its value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Table`] when the host rejects the check.
+    pub fn contains<Q>(&self, key: &Q) -> Result<bool, Error>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        self.open
+            .handle
+            .contains(&key.encode_key())
+            .map_err(|source| table_error(self.name(), "contains", source))
+    }
+}
+
+impl<K: ?Sized, V, C> Clone for Table<K, V, C> {
+    fn clone(&self) -> Self {
+        Self {
+            open: Rc::clone(&self.open),
+            types: PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized, V, C> fmt::Debug for Table<K, V, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.open.name)
+            .finish_non_exhaustive()
+    }
+}
+
+fn table_error(table: &str, operation: &'static str, source: wit::TableError) -> Error {
+    Error::Table {
+        table: table.to_string(),
+        operation,
+        source: source.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wit_errors_map_to_same_case() {
+        let cases = [
+            (
+                wit::TableError::Undeclared("t".to_string()),
+                TableError::Undeclared("t".to_string()),
+            ),
+            (wit::TableError::KeyTooLarge(5), TableError::KeyTooLarge(5)),
+            (
+                wit::TableError::ValueTooLarge(9),
+                TableError::ValueTooLarge(9),
+            ),
+            (
+                wit::TableError::Storage("disk".to_string()),
+                TableError::Storage("disk".to_string()),
+            ),
+        ];
+
+        for (wit_error, expected) in cases {
+            assert_eq!(TableError::from(wit_error), expected);
+        }
+    }
+
+    #[test]
+    fn table_error_debug_text() {
+        assert_eq!(
+            format!("{:?}", TableError::Undeclared("not-declared".to_string())),
+            "Undeclared(\"not-declared\")"
+        );
+        assert_eq!(
+            format!("{:?}", TableError::ValueTooLarge(2_097_152)),
+            "ValueTooLarge(2097152)"
+        );
+    }
+
+    #[test]
+    fn table_error_display_text() {
+        assert_eq!(
+            TableError::Undeclared("x".to_string()).to_string(),
+            "table \"x\" is not declared in the agent's tables list"
+        );
+        assert_eq!(
+            TableError::KeyTooLarge(300).to_string(),
+            "key is 300 bytes, larger than the agent's max_key_bytes limit"
+        );
+        assert_eq!(
+            TableError::Storage("io error".to_string()).to_string(),
+            "storage failed: io error"
+        );
+    }
+}

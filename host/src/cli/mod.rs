@@ -1,0 +1,73 @@
+//! The `tablehost` command line.
+
+mod demo;
+mod load;
+mod run;
+mod table;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::load::InputFormat;
+
+/// Durable tables for stream-processing agents written as WebAssembly
+/// components.
+#[derive(Debug, Parser)]
+#[command(name = "tablehost", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agents of a config until interrupted (Ctrl-C drains and commits).
+    Run(run::RunArgs),
+    /// Load a JSON lines, CSV or Parquet file into a topic of a real cluster.
+    Load(load::LoadArgs),
+    /// Read the tables of a stopped application from its state directory.
+    #[command(subcommand)]
+    Table(table::TableCommand),
+    /// Run the flights demo end to end on the embedded cluster.
+    Demo(demo::DemoArgs),
+}
+
+/// Arguments that name an input file to load.
+#[derive(Debug, Clone, Args)]
+pub struct InputArgs {
+    /// The field whose value becomes the record key.
+    #[arg(long, value_name = "FIELD")]
+    pub key_field: String,
+    /// The input format; by default taken from the file extension (.jsonl, .ndjson, .json, .csv, .parquet).
+    #[arg(long)]
+    pub format: Option<InputFormat>,
+    /// Partitions to create the topic with when it does not exist; by
+    /// default the count under [[topics]] in the config, else 8.
+    #[arg(long)]
+    pub partitions: Option<u32>,
+}
+
+impl InputArgs {
+    /// Returns the partition count for `topic`: the existing topic's, else
+    /// `--partitions`, else the config's [[topics]] entry, else 8.
+    pub(crate) fn partitions(&self, kafka: &crate::kafka::Kafka, config: &crate::config::Config, topic: &str) -> anyhow::Result<u32> {
+        if let Some(existing) = kafka.partition_count(topic)? {
+            return Ok(self.partitions.unwrap_or(existing));
+        }
+        let configured = config.topics.iter().find(|t| t.name == topic).map(|t| t.partitions);
+        Ok(self.partitions.or(configured).unwrap_or(8))
+    }
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+///
+/// Returns the error of the command, for `main` to print.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Load(args) => load::load(args),
+        Command::Table(command) => table::table(command),
+        Command::Demo(args) => demo::demo(args),
+    }
+}

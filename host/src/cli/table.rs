@@ -1,0 +1,116 @@
+//! `tablehost table dump|get`: reading tables from a stopped application's
+//! state directory.
+//!
+//! Output is JSON lines `{"key": ..., "value": ..., "partition": n}`. A key
+//! or value that is valid UTF-8 is shown as a string, except that a value
+//! which is itself JSON is embedded as JSON; other bytes are shown as
+//! `{"hex": "..."}`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use crate::config::{Config, StoreKind};
+use crate::manager::table_dir;
+use crate::store::{RocksStore, Store};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TableCommand {
+    /// Print every entry of a table as JSON lines.
+    Dump {
+        /// The application config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The table name.
+        table: String,
+    },
+    /// Print the entry of one key (UTF-8) in every partition that holds it.
+    Get {
+        /// The application config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The table name.
+        table: String,
+        /// The key, as UTF-8 text.
+        key: String,
+    },
+}
+
+pub(super) fn table(command: TableCommand) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match command {
+        TableCommand::Dump { config, table } => {
+            let store = open(&config, &table)?;
+            for partition in store.partitions()? {
+                for entry in store.iter(partition)? {
+                    let (key, value) = entry?;
+                    writeln!(out, "{}", render(&key, &value, partition))?;
+                }
+            }
+        }
+        TableCommand::Get { config, table, key } => {
+            let store = open(&config, &table)?;
+            let mut found = false;
+            for partition in store.partitions()? {
+                if let Some(value) = store.get(partition, key.as_bytes())? {
+                    writeln!(out, "{}", render(key.as_bytes(), &value, partition))?;
+                    found = true;
+                }
+            }
+            if !found {
+                bail!("table {table}: key {key:?} not found");
+            }
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn open(config_path: &std::path::Path, table: &str) -> anyhow::Result<RocksStore> {
+    let config = Config::load(config_path)?;
+    let Some(table_config) = config.tables.iter().find(|t| t.name == table) else {
+        let names: Vec<_> = config.tables.iter().map(|t| t.name.as_str()).collect();
+        bail!("table {table} is not declared in {}; declared tables: {}", config_path.display(), names.join(", "));
+    };
+    if table_config.store == StoreKind::Memory {
+        bail!("table {table} uses the memory store, which keeps nothing on disk; its state lives only in the changelog topic");
+    }
+    let dir = table_dir(&config.state_dir(), table);
+    if !dir.is_dir() {
+        bail!("table {table}: no state at {}; run the application first", dir.display());
+    }
+    RocksStore::open(table, &dir, &table_config.rocksdb).with_context(|| format!("table {table}: stop the application before reading its state"))
+}
+
+/// Renders one entry as a JSON object.
+pub(crate) fn render(key: &[u8], value: &[u8], partition: u32) -> Value {
+    json!({ "key": render_bytes(key, false), "value": render_bytes(value, true), "partition": partition })
+}
+
+fn render_bytes(bytes: &[u8], allow_json: bool) -> Value {
+    if allow_json {
+        if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+            return value;
+        }
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_owned()),
+        Err(_) => json!({ "hex": hex::encode(bytes) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_shows_json_text_and_hex() {
+        assert_eq!(render(b"ATL", br#"{"flights":2}"#, 3).to_string(), r#"{"key":"ATL","partition":3,"value":{"flights":2}}"#);
+        assert_eq!(render(&[0xff, 0x00], b"plain", 0).to_string(), r#"{"key":{"hex":"ff00"},"partition":0,"value":"plain"}"#);
+        assert_eq!(render(b"", b"", 1).to_string(), r#"{"key":"","partition":1,"value":""}"#);
+    }
+}

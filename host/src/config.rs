@@ -1,0 +1,396 @@
+//! The application config: one TOML file, parsed with serde and validated
+//! before anything starts.
+//!
+//! Every check names the key that is wrong and the fix, so a bad config
+//! fails at start with one clear message instead of halfway through a run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::store::RocksOptions;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The application id: the Kafka consumer group and the prefix of every
+    /// topic the host creates.
+    pub app_id: String,
+    /// Bootstrap servers of a real Kafka cluster, such as `127.0.0.1:9092`.
+    /// When absent the host starts an embedded in-process cluster.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    /// Directory for table state and the compiled-component cache. Default
+    /// `.tablehost/<app_id>` under the working directory.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Milliseconds between commits. Default 1000.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// Maximum number of events handed to an agent in one call. Default 512.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// librdkafka properties passed unchanged to every client, such as
+    /// `"security.protocol" = "ssl"`.
+    #[serde(default)]
+    pub kafka: BTreeMap<String, String>,
+    /// Topics to create when missing, with their partition counts.
+    #[serde(default)]
+    pub topics: Vec<TopicConfig>,
+    /// The agents this application runs.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// The tables agents may open.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+/// A topic the host creates when it is missing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// The topic name.
+    pub name: String,
+    /// The number of partitions.
+    pub partitions: u32,
+}
+
+/// One agent: a component and the topics and tables it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent name, used in logs and in its dead-letter topic
+    /// `<app_id>-<name>-dead-letters`.
+    pub name: String,
+    /// Path of the WebAssembly component, relative to the config file.
+    pub component: PathBuf,
+    /// Topics the agent consumes.
+    pub sources: Vec<String>,
+    /// Topics the agent may send to.
+    #[serde(default)]
+    pub outputs: Vec<String>,
+    /// Tables the agent may open.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Resource limits of the agent's instances.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Resource limits of one agent instance.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// CPU time an event may take, in milliseconds of wall-clock time spent
+    /// inside the agent. A batch of n events gets n times this budget. An
+    /// agent over budget traps. Default 200.
+    pub cpu_ms_per_event: u64,
+    /// Maximum linear memory of one instance in MiB. Default 64.
+    pub memory_mib: u64,
+    /// Maximum size of a table or record key in bytes. Default 4096.
+    pub max_key_bytes: u64,
+    /// Maximum size of a table or record value in bytes. Default 1 MiB.
+    pub max_value_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { cpu_ms_per_event: 200, memory_mib: 64, max_key_bytes: 4096, max_value_bytes: 1024 * 1024 }
+    }
+}
+
+/// One table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// The table name; its changelog topic is `<app_id>-<name>-changelog`.
+    pub name: String,
+    /// Where the table's state lives.
+    #[serde(default)]
+    pub store: StoreKind,
+    /// RocksDB tuning, used when `store = "rocksdb"`.
+    #[serde(default)]
+    pub rocksdb: RocksOptions,
+}
+
+/// The store behind a table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// In memory; rebuilt from the changelog on every start.
+    Memory,
+    /// RocksDB in the state directory.
+    #[default]
+    Rocksdb,
+}
+
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+
+fn default_batch_size() -> usize {
+    512
+}
+
+/// A config that could not be read or is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: cannot read the file: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the config schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The TOML parser's message, which names the line and key.
+        message: String,
+    },
+    /// A key has an invalid value.
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The key, such as `agents[0].tables`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the config file at `path`. Relative paths inside
+    /// the file are resolved against the file's directory.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConfigError`] naming the key and the fix when the file is
+    /// unreadable, malformed or invalid.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path, base)
+    }
+
+    /// Parses and validates config text; `path` is used in messages and
+    /// `base` resolves relative paths.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+        for agent in &mut config.agents {
+            if agent.component.is_relative() {
+                agent.component = base.join(&agent.component);
+            }
+        }
+        if let Some(dir) = &config.state_dir {
+            if dir.is_relative() {
+                config.state_dir = Some(base.join(dir));
+            }
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Returns the state directory, applying the default.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| PathBuf::from(".tablehost").join(&self.app_id))
+    }
+
+    /// Returns the changelog topic of `table`.
+    pub fn changelog_topic(&self, table: &str) -> String {
+        format!("{}-{}-changelog", self.app_id, table)
+    }
+
+    /// Returns the dead-letter topic of `agent`.
+    pub fn dead_letter_topic(&self, agent: &str) -> String {
+        format!("{}-{}-dead-letters", self.app_id, agent)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
+
+        check_name(&self.app_id).map_err(|m| invalid("app_id".into(), m))?;
+        if let Some(brokers) = &self.brokers {
+            if brokers.trim().is_empty() {
+                return Err(invalid("brokers".into(), "is empty; remove the key to use the embedded cluster, or set host:port".into()));
+            }
+        }
+        if self.commit_interval_ms == 0 {
+            return Err(invalid("commit_interval_ms".into(), "must be at least 1".into()));
+        }
+        if self.batch_size == 0 {
+            return Err(invalid("batch_size".into(), "must be at least 1".into()));
+        }
+        for (i, topic) in self.topics.iter().enumerate() {
+            check_topic(&topic.name).map_err(|m| invalid(format!("topics[{i}].name"), m))?;
+            if topic.partitions == 0 {
+                return Err(invalid(format!("topics[{i}].partitions"), "must be at least 1".into()));
+            }
+        }
+        if self.agents.is_empty() {
+            return Err(invalid("agents".into(), "no agent is configured; add an [[agents]] section".into()));
+        }
+
+        let mut tables = BTreeSet::new();
+        for (i, table) in self.tables.iter().enumerate() {
+            check_name(&table.name).map_err(|m| invalid(format!("tables[{i}].name"), m))?;
+            if !tables.insert(table.name.as_str()) {
+                return Err(invalid(format!("tables[{i}].name"), format!("table {:?} is declared twice; give each table a unique name", table.name)));
+            }
+            if table.rocksdb.write_buffer_mib == 0 {
+                return Err(invalid(format!("tables[{i}].rocksdb.write_buffer_mib"), "must be at least 1".into()));
+            }
+        }
+
+        let mut agents = BTreeSet::new();
+        for (i, agent) in self.agents.iter().enumerate() {
+            let key = |field: &str| format!("agents[{i}].{field}");
+            check_name(&agent.name).map_err(|m| invalid(key("name"), m))?;
+            if !agents.insert(agent.name.as_str()) {
+                return Err(invalid(key("name"), format!("agent {:?} is declared twice; give each agent a unique name", agent.name)));
+            }
+            if !agent.component.is_file() {
+                return Err(invalid(key("component"), format!("file {} not found; build the agent (`make plugins`) or fix the path, which is relative to the config file", agent.component.display())));
+            }
+            if agent.sources.is_empty() {
+                return Err(invalid(key("sources"), "is empty; list at least one topic to consume".into()));
+            }
+            for topic in agent.sources.iter().chain(&agent.outputs) {
+                check_topic(topic).map_err(|m| invalid(key("sources/outputs"), m))?;
+            }
+            for table in &agent.tables {
+                if !tables.contains(table.as_str()) {
+                    return Err(invalid(key("tables"), format!("table {table:?} is not declared; add a [[tables]] section with name = {table:?}")));
+                }
+            }
+            let limits = &agent.limits;
+            for (field, value) in [
+                ("cpu_ms_per_event", limits.cpu_ms_per_event),
+                ("memory_mib", limits.memory_mib),
+                ("max_key_bytes", limits.max_key_bytes),
+                ("max_value_bytes", limits.max_value_bytes),
+            ] {
+                if value == 0 {
+                    return Err(invalid(key(&format!("limits.{field}")), "must be at least 1".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks an app, agent or table name: it becomes part of topic names and
+/// directory names, so only Kafka's topic characters are allowed.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty; use letters, digits, '.', '_' or '-'".into());
+    }
+    check_topic(name)
+}
+
+fn check_topic(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 200 {
+        return Err(format!("{name:?} must be 1 to 200 characters long"));
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        return Err(format!("{name:?} contains {bad:?}; use only letters, digits, '.', '_' or '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, dir: &Path) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("app.toml"), dir)
+    }
+
+    fn valid_text() -> &'static str {
+        r#"
+            app_id = "demo"
+            [[agents]]
+            name = "count"
+            component = "agent.wasm"
+            sources = ["in"]
+            tables = ["counts"]
+            [[tables]]
+            name = "counts"
+        "#
+    }
+
+    fn dir_with_component() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("agent.wasm"), b"\0asm").unwrap();
+        dir
+    }
+
+    #[test]
+    fn config_valid_uses_defaults() {
+        let dir = dir_with_component();
+        let config = parse(valid_text(), dir.path()).unwrap();
+        assert_eq!(config.brokers, None);
+        assert_eq!(config.commit_interval_ms, 1000);
+        assert_eq!(config.tables[0].store, StoreKind::Rocksdb);
+        assert_eq!(config.agents[0].limits.memory_mib, 64);
+        assert_eq!(config.agents[0].component, dir.path().join("agent.wasm"));
+        assert_eq!(config.changelog_topic("counts"), "demo-counts-changelog");
+    }
+
+    #[test]
+    fn config_undeclared_table_names_key() {
+        let dir = dir_with_component();
+        let text = valid_text().replace("tables = [\"counts\"]", "tables = [\"other\"]");
+        let error = parse(&text, dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "config app.toml: agents[0].tables: table \"other\" is not declared; add a [[tables]] section with name = \"other\""
+        );
+    }
+
+    #[test]
+    fn config_missing_component_names_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = parse(valid_text(), dir.path()).unwrap_err().to_string();
+        assert!(error.starts_with("config app.toml: agents[0].component: file "), "{error}");
+        assert!(error.contains("agent.wasm not found"), "{error}");
+    }
+
+    #[test]
+    fn config_unknown_key_is_rejected() {
+        let dir = dir_with_component();
+        let text = format!("colour = 1\n{}", valid_text());
+        let error = parse(&text, dir.path()).unwrap_err().to_string();
+        assert!(error.contains("unknown field `colour`"), "{error}");
+    }
+
+    #[test]
+    fn config_bad_app_id_is_rejected() {
+        let dir = dir_with_component();
+        let text = valid_text().replace("app_id = \"demo\"", "app_id = \"my app\"");
+        let error = parse(&text, dir.path()).unwrap_err().to_string();
+        assert_eq!(error, "config app.toml: app_id: \"my app\" contains ' '; use only letters, digits, '.', '_' or '-'");
+    }
+
+    #[test]
+    fn config_zero_limit_is_rejected() {
+        let dir = dir_with_component();
+        let text = format!("{}\n[agents.limits]\nmemory_mib = 0\n", valid_text().replace("[[tables]]\n            name = \"counts\"", ""));
+        let text = format!("{text}\n[[tables]]\nname = \"counts\"\n");
+        let error = parse(&text, dir.path()).unwrap_err().to_string();
+        assert_eq!(error, "config app.toml: agents[0].limits.memory_mib: must be at least 1");
+    }
+}

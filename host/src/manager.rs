@@ -1,0 +1,194 @@
+//! The table manager: table lifecycle, recovery on assignment and the
+//! commit protocol.
+//!
+//! The manager opens every configured table with its store, makes sure each
+//! changelog topic exists with the partition count of the table's source
+//! topics, recovers a table partition before the worker hands any event of
+//! that partition to an agent, and commits.
+//!
+//! # Commit order
+//!
+//! A commit runs three steps, each only after the previous one succeeded:
+//!
+//! 1. The write caches are drained into changelog records, and every record
+//!    produced since the last commit (changelog, agent outputs, dead
+//!    letters) is acknowledged by the cluster.
+//! 2. The same changelog records are applied to the stores together with
+//!    their changelog offsets, and the stores are made durable.
+//! 3. The source offsets are committed to the consumer group.
+//!
+//! A crash between any two steps replays events after the last committed
+//! source offset, so every event takes effect at least once and none is
+//! lost. A failed commit is fatal: the caches were drained, so the worker
+//! must stop and let the next start replay from the last commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::config::{Config, StoreKind};
+use crate::kafka::embedded::record_footprint;
+use crate::kafka::producer::TrackedProducer;
+use crate::kafka::{Kafka, TopicKind};
+use crate::recovery::{recover_partition, RecoveryReport};
+use crate::store::{ChangelogRecord, MemoryStore, Partition, RocksStore, Store};
+use crate::table::Table;
+
+/// How long a commit waits for the cluster to acknowledge records.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Returns the directory of `table`'s RocksDB database under `state_dir`.
+pub fn table_dir(state_dir: &Path, table: &str) -> std::path::PathBuf {
+    state_dir.join("tables").join(table)
+}
+
+/// What one commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Changelog records written.
+    pub changelog_records: u64,
+}
+
+/// Owns the tables of one application.
+pub struct TableManager {
+    tables: BTreeMap<String, Arc<Table>>,
+    /// Source topic to the tables whose partitions follow it.
+    tables_by_source: HashMap<String, Vec<Arc<Table>>>,
+}
+
+impl TableManager {
+    /// Opens every table of `config` and makes sure its changelog topic
+    /// exists. `source_partitions` gives the partition count of each source
+    /// topic.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a store cannot be opened, when the source topics of one
+    /// table have different partition counts, or when a changelog topic
+    /// exists with another partition count.
+    pub fn open(config: &Config, kafka: &Kafka, source_partitions: &HashMap<String, u32>) -> anyhow::Result<Self> {
+        let state_dir = config.state_dir();
+        let mut tables = BTreeMap::new();
+        let mut tables_by_source: HashMap<String, Vec<Arc<Table>>> = HashMap::new();
+        for table_config in &config.tables {
+            let name = &table_config.name;
+            let store: Arc<dyn Store> = match table_config.store {
+                StoreKind::Memory => Arc::new(MemoryStore::new()),
+                StoreKind::Rocksdb => Arc::new(RocksStore::open(name, &table_dir(&state_dir, name), &table_config.rocksdb)?),
+            };
+            let changelog = config.changelog_topic(name);
+            let table = Arc::new(Table::new(name, &changelog, store));
+
+            // A table partition holds the state of the same partition of
+            // every source topic of its agents, so those topics must agree
+            // on the partition count.
+            let mut partitions: Option<(String, u32)> = None;
+            for agent in config.agents.iter().filter(|a| a.tables.contains(name)) {
+                for source in &agent.sources {
+                    let count = source_partitions[source];
+                    match &partitions {
+                        Some((other, n)) if *n != count => bail!(
+                            "table {name}: source topics {other} ({n} partitions) and {source} ({count} partitions) \
+                             differ; agents sharing a table must consume topics with the same partition count"
+                        ),
+                        _ => partitions = Some((source.clone(), count)),
+                    }
+                    let entry = tables_by_source.entry(source.clone()).or_default();
+                    if !entry.iter().any(|t| t.name() == name) {
+                        entry.push(table.clone());
+                    }
+                }
+            }
+            if let Some((_, count)) = partitions {
+                kafka.ensure_topic(&changelog, count, TopicKind::Changelog)?;
+            } else {
+                tracing::warn!(table = %name, "manager.open: no agent declares this table; it is not opened for writes");
+            }
+            tracing::info!(table = %name, store = ?table_config.store, changelog = %changelog, "manager.open: table opened");
+            tables.insert(name.clone(), table);
+        }
+        Ok(Self { tables, tables_by_source })
+    }
+
+    /// Returns every table by name.
+    pub fn tables(&self) -> &BTreeMap<String, Arc<Table>> {
+        &self.tables
+    }
+
+    /// Recovers the tables that follow `topic` for `partition`, unless that
+    /// partition is already active, and marks them active.
+    ///
+    /// # Errors
+    ///
+    /// Fails when recovery fails; see [`recover_partition`].
+    pub fn assign(&self, kafka: &Kafka, topic: &str, partition: Partition) -> anyhow::Result<Vec<RecoveryReport>> {
+        let mut reports = Vec::new();
+        for table in self.tables_by_source.get(topic).into_iter().flatten() {
+            if table.is_active(partition) {
+                continue;
+            }
+            let report = recover_partition(kafka, table, partition)
+                .with_context(|| format!("recovery of table {} partition {partition} failed", table.name()))?;
+            table.activate(partition);
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// Marks the tables that follow `topic` as no longer owning `partition`.
+    /// Call after a commit, so no cached write is dropped.
+    pub fn release(&self, topic: &str, partition: Partition) {
+        for table in self.tables_by_source.get(topic).into_iter().flatten() {
+            table.deactivate(partition);
+            table.discard_dirty(partition);
+        }
+    }
+
+    /// Runs steps 1 and 2 of the commit (see the module docs); the caller
+    /// commits source offsets afterwards.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a record is not acknowledged, a store write fails, or the
+    /// embedded cluster would drop changelog records. The worker must stop
+    /// without committing source offsets then.
+    pub fn flush(&self, kafka: &Kafka, producer: &TrackedProducer) -> anyhow::Result<CommitStats> {
+        let started = Instant::now();
+        let mut stats = CommitStats::default();
+        let mut pending: Vec<(&Arc<Table>, Partition, Vec<ChangelogRecord>)> = Vec::new();
+        for table in self.tables.values() {
+            for (partition, records) in table.take_dirty() {
+                if let Some(cluster) = kafka.embedded_cluster() {
+                    let bytes = records
+                        .iter()
+                        .map(|r| record_footprint(r.key.len(), r.value.as_ref().map_or(0, Vec::len), 0))
+                        .sum();
+                    cluster.ledger().reserve(table.changelog_topic(), partition, bytes, records.len() as u64)?;
+                }
+                for record in &records {
+                    producer.send(table.changelog_topic(), Some(partition as i32), Some(&record.key), record.value.as_deref(), &[])?;
+                }
+                stats.changelog_records += records.len() as u64;
+                pending.push((table, partition, records));
+            }
+        }
+
+        let acknowledged = producer.flush(FLUSH_TIMEOUT).context("commit: records were not acknowledged")?;
+
+        for (table, partition, records) in &pending {
+            let key = (table.changelog_topic().to_owned(), *partition as i32);
+            let Some(last) = acknowledged.get(&key) else {
+                bail!("commit: no acknowledgement for changelog {}/{partition}", table.changelog_topic());
+            };
+            table.store().apply_changelog(*partition, records, last + 1)?;
+        }
+        for table in self.tables.values() {
+            table.store().persist()?;
+        }
+        tracing::debug!(changelog_records = stats.changelog_records, seconds = started.elapsed().as_secs_f64(), "commit: changelog and stores durable");
+        Ok(stats)
+    }
+}

@@ -1,0 +1,159 @@
+//! Recovery: rebuilding a table partition from its changelog.
+//!
+//! A store remembers the offset of the next changelog record it has not
+//! applied. Recovery reads the changelog partition from that offset up to
+//! the high watermark observed at the start and applies the records in
+//! chunks, each chunk together with its offset, so an interrupted recovery
+//! resumes where it stopped. A store that has never been written starts at
+//! the low watermark.
+//!
+//! Recovery ends when the high watermark is reached or the consumer reports
+//! the end of the partition, whichever comes first; the second covers a
+//! changelog whose last offsets are transaction markers, which are never
+//! delivered as records.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::kafka::Kafka;
+use crate::store::{ChangelogRecord, Partition};
+use crate::table::Table;
+
+/// Records applied to the store in one write batch.
+const CHUNK: usize = 10_000;
+/// How long recovery waits for the next record before it gives up.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one partition's recovery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    /// The table.
+    pub table: String,
+    /// The partition.
+    pub partition: Partition,
+    /// The changelog offset recovery started from.
+    pub from_offset: i64,
+    /// The high watermark recovery read up to.
+    pub to_offset: i64,
+    /// Changelog records applied.
+    pub replayed: u64,
+}
+
+/// Brings partition `partition` of `table` up to date with its changelog.
+///
+/// # Errors
+///
+/// Fails when the cluster cannot be read, the store cannot be written, the
+/// store claims an offset beyond the changelog's end (the changelog topic
+/// was deleted and recreated), or the embedded cluster has dropped records
+/// of the changelog.
+pub fn recover_partition(kafka: &Kafka, table: &Table, partition: Partition) -> anyhow::Result<RecoveryReport> {
+    let topic = table.changelog_topic();
+    let store = table.store();
+    let (low, high) = kafka.watermarks(topic, partition)?;
+    if kafka.embedded_cluster().is_some() && low > 0 {
+        bail!(
+            "recovery: changelog {topic} partition {partition} starts at offset {low}, so the embedded \
+             cluster has dropped older records and the table cannot be rebuilt; run against a real broker"
+        );
+    }
+
+    let persisted = store.changelog_offset(partition)?;
+    let start = match persisted {
+        None => low,
+        Some(offset) if offset < low => {
+            tracing::warn!(table = table.name(), partition, persisted = offset, low, "recovery: persisted offset is below the changelog's low watermark; replaying from the low watermark");
+            low
+        }
+        Some(offset) if offset > high => bail!(
+            "recovery: table {} partition {partition} has applied the changelog up to offset {offset}, but \
+             changelog {topic} ends at offset {high}; the topic was probably deleted and recreated. Delete \
+             the table's state directory to rebuild it from the changelog",
+            table.name()
+        ),
+        Some(offset) => offset,
+    };
+    let mut report = RecoveryReport {
+        table: table.name().to_owned(),
+        partition,
+        from_offset: start,
+        to_offset: high,
+        replayed: 0,
+    };
+    if start >= high {
+        if persisted.is_none() {
+            store.apply_changelog(partition, &[], high)?;
+        }
+        return Ok(report);
+    }
+
+    let started = Instant::now();
+    tracing::info!(table = table.name(), partition, from = start, to = high, records = high - start, "recovery: replaying changelog");
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", format!("{topic}-recovery"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+        .context("recovery: failed to create the changelog consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, partition as i32, Offset::Offset(start))?;
+    consumer.assign(&assignment).with_context(|| format!("recovery: failed to assign {topic}/{partition}"))?;
+
+    let mut chunk: Vec<ChangelogRecord> = Vec::with_capacity(CHUNK);
+    let mut next_offset = start;
+    let mut last_progress = Instant::now();
+    let mut last_log = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                chunk.push(ChangelogRecord {
+                    key: message.key().unwrap_or_default().to_vec(),
+                    value: message.payload().map(<[u8]>::to_vec),
+                });
+                next_offset = message.offset() + 1;
+                if chunk.len() >= CHUNK {
+                    store.apply_changelog(partition, &chunk, next_offset)?;
+                    report.replayed += chunk.len() as u64;
+                    chunk.clear();
+                }
+                if next_offset >= high {
+                    break;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(error)) => bail!("recovery: failed to read {topic}/{partition} at offset {next_offset}: {error}"),
+            None if last_progress.elapsed() > STALL_TIMEOUT => bail!(
+                "recovery: no record of {topic}/{partition} arrived for {STALL_TIMEOUT:?} at offset {next_offset} \
+                 (high watermark {high}); check that the cluster is reachable"
+            ),
+            None => {}
+        }
+        if last_log.elapsed() > Duration::from_secs(5) {
+            last_log = Instant::now();
+            let done = next_offset - start;
+            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            let eta = (high - next_offset) as f64 / rate.max(1.0);
+            tracing::info!(table = table.name(), partition, remaining = high - next_offset, eta_seconds = eta.round(), "recovery: progress");
+        }
+    }
+    report.replayed += chunk.len() as u64;
+    // Offsets up to the high watermark are consumed even when the last ones
+    // were transaction markers that never arrive as records.
+    store.apply_changelog(partition, &chunk, high.max(next_offset))?;
+    tracing::info!(
+        table = table.name(),
+        partition,
+        replayed = report.replayed,
+        seconds = started.elapsed().as_secs_f64(),
+        "recovery: partition recovered"
+    );
+    Ok(report)
+}

@@ -1,0 +1,541 @@
+//! The worker: the loop that moves records from Kafka through the agents
+//! into the tables.
+//!
+//! One thread runs the loop. It polls the consumer, groups records into
+//! batches per source partition, hands each batch to every agent that
+//! consumes the topic, produces the agents' outputs and dead letters, and
+//! commits every `commit_interval_ms` (see [`crate::manager`] for the
+//! commit order). Rebalance callbacks run on the same thread, inside
+//! `poll`: a revoked partition is committed before it is released, and an
+//! assigned partition is paused until its tables are recovered.
+//!
+//! The loop ends when [`Shutdown::request`] asks it to drain (final
+//! commit), to abort (no commit, as in a crash), or when `stop_at_end` is
+//! set and every source partition reached its end offset.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::agent::{Agent, AgentRuntime, BatchOutcome, Event, Header};
+use crate::config::Config;
+use crate::kafka::embedded::record_footprint;
+use crate::kafka::partitioner::partition_for_key;
+use crate::kafka::producer::{OutHeader, TrackedProducer};
+use crate::kafka::{Kafka, TopicKind};
+use crate::manager::TableManager;
+use crate::recovery::RecoveryReport;
+
+/// How a running worker should stop.
+#[derive(Debug, Default)]
+pub struct Shutdown(AtomicU8);
+
+const RUNNING: u8 = 0;
+const DRAIN: u8 = 1;
+const ABORT: u8 = 2;
+
+impl Shutdown {
+    /// Asks the worker to finish the batch in hand, commit and stop.
+    pub fn request(&self) {
+        let _ = self.0.compare_exchange(RUNNING, DRAIN, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Asks the worker to stop at once without committing, as a crash
+    /// would. Everything since the last commit is handled again on the
+    /// next start.
+    pub fn abort(&self) {
+        self.0.store(ABORT, Ordering::SeqCst);
+    }
+
+    fn state(&self) -> u8 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop once every source partition is consumed up to its end offset:
+    /// the high watermark at start, or the offsets in `end_offsets` once
+    /// they are set.
+    pub stop_at_end: bool,
+    /// End offsets per source topic and partition, set by an in-process
+    /// loader when it finishes. While `stop_at_end` is set and this is
+    /// `None`, the worker keeps running.
+    pub end_offsets: Option<Arc<Mutex<Option<HashMap<(String, i32), i64>>>>>,
+    /// Updated with the number of events handled after every batch, for
+    /// callers that show or wait for progress.
+    pub events_handled: Option<Arc<AtomicU64>>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    /// Events handed to agents (an event consumed by two agents counts once).
+    pub events: u64,
+    /// Records the agents sent to output topics.
+    pub outputs: u64,
+    /// Events sent to dead-letter topics.
+    pub dead_letters: u64,
+    /// Commits made.
+    pub commits: u64,
+    /// Changelog records written.
+    pub changelog_records: u64,
+    /// One report per recovered table partition.
+    pub recoveries: Vec<RecoveryReport>,
+    /// Seconds spent in recovery.
+    pub recovery_seconds: f64,
+    /// Seconds spent handling events, from the first event to the end.
+    pub processing_seconds: f64,
+}
+
+/// Everything the loop and the rebalance callbacks share.
+struct Processor {
+    kafka: Arc<Kafka>,
+    manager: TableManager,
+    producer: TrackedProducer,
+    agents: Vec<Agent>,
+    /// Agent positions in `agents`, per source topic.
+    agents_by_topic: HashMap<String, Vec<usize>>,
+    /// Partition counts of output and dead-letter topics.
+    topic_partitions: HashMap<String, u32>,
+    /// Next offset to commit per source partition.
+    positions: BTreeMap<(String, i32), i64>,
+    /// Bytes and records consumed since the last commit, per source
+    /// partition, released from the embedded cluster's ledger at commit.
+    consumed: HashMap<(String, i32), (u64, u64)>,
+    /// Partitions assigned but not yet recovered.
+    to_recover: Vec<(String, i32)>,
+    /// Partitions assigned to this worker.
+    assigned: std::collections::BTreeSet<(String, i32)>,
+    summary: RunSummary,
+    aborting: bool,
+    app_id: String,
+}
+
+struct WorkerContext {
+    processor: Arc<Mutex<Processor>>,
+}
+
+fn lock(processor: &Mutex<Processor>) -> MutexGuard<'_, Processor> {
+    // Every mutation of the processor either completes or fails the run, so
+    // a poisoned lock only occurs on a path that is already stopping.
+    processor.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let mut processor = lock(&self.processor);
+            if processor.aborting {
+                return;
+            }
+            tracing::info!(partitions = partitions.count(), "worker.rebalance: partitions revoked; committing them");
+            if let Err(error) = processor.commit(consumer) {
+                // The new owner replays from the last successful commit, so
+                // nothing is lost, but events may be handled twice.
+                tracing::error!(error = %format!("{error:#}"), "worker.rebalance: commit before revocation failed");
+            }
+            for element in partitions.elements() {
+                let key = (element.topic().to_owned(), element.partition());
+                processor.manager.release(&key.0, key.1 as u32);
+                processor.positions.remove(&key);
+                processor.to_recover.retain(|p| *p != key);
+                processor.assigned.remove(&key);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = partitions.count(), "worker.rebalance: partitions assigned");
+                // Nothing of a new partition may reach an agent before its
+                // tables are recovered, so it stays paused until then.
+                if let Err(error) = consumer.pause(partitions) {
+                    tracing::error!(%error, "worker.rebalance: failed to pause assigned partitions");
+                }
+                let mut processor = lock(&self.processor);
+                for element in partitions.elements() {
+                    let key = (element.topic().to_owned(), element.partition());
+                    processor.assigned.insert(key.clone());
+                    processor.to_recover.push(key);
+                }
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => tracing::error!(%error, "worker.rebalance: rebalance failed"),
+        }
+    }
+}
+
+/// Runs the application until `shutdown` is requested or, with
+/// `options.stop_at_end`, until the sources are consumed.
+///
+/// # Errors
+///
+/// Fails when setup fails (topics, stores, components), when recovery or a
+/// commit fails, or when an agent cannot be instantiated.
+pub fn run(config: &Config, kafka: Arc<Kafka>, shutdown: Arc<Shutdown>, options: RunOptions) -> anyhow::Result<RunSummary> {
+    let state_dir = config.state_dir();
+    tracing::info!(app = %config.app_id, bootstrap = kafka.bootstrap_servers(), embedded = kafka.embedded_cluster().is_some(), state_dir = %state_dir.display(), "worker: starting");
+
+    for topic in &config.topics {
+        kafka.ensure_topic(&topic.name, topic.partitions, TopicKind::Plain)?;
+    }
+    let mut source_partitions = HashMap::new();
+    for source in config.agents.iter().flat_map(|a| &a.sources) {
+        let Some(count) = kafka.partition_count(source)? else {
+            bail!("worker: source topic {source} does not exist; create it, load data into it with `tablehost load`, or add it under [[topics]]");
+        };
+        source_partitions.insert(source.clone(), count);
+    }
+
+    let manager = TableManager::open(config, &kafka, &source_partitions)?;
+    let runtime = AgentRuntime::new(&state_dir.join("compiled"))?;
+    let mut agents = Vec::new();
+    let mut agents_by_topic: HashMap<String, Vec<usize>> = HashMap::new();
+    let mut topic_partitions = HashMap::new();
+    for agent_config in &config.agents {
+        let partitions = source_partitions[&agent_config.sources[0]];
+        let dead_letters = config.dead_letter_topic(&agent_config.name);
+        for topic in agent_config.outputs.iter().chain(std::iter::once(&dead_letters)) {
+            if !topic_partitions.contains_key(topic) {
+                let count = match kafka.partition_count(topic)? {
+                    Some(count) => count,
+                    None => {
+                        kafka.ensure_topic(topic, partitions, TopicKind::Plain)?;
+                        partitions
+                    }
+                };
+                topic_partitions.insert(topic.clone(), count);
+            }
+        }
+        let tables = crate::agent::grants_tables(agent_config, manager.tables());
+        let agent = runtime.load(agent_config, tables)?;
+        for source in &agent_config.sources {
+            agents_by_topic.entry(source.clone()).or_default().push(agents.len());
+        }
+        tracing::info!(agent = %agent_config.name, component = %agent_config.component.display(), sources = ?agent_config.sources, "worker: agent loaded");
+        agents.push(agent);
+    }
+
+    let processor = Arc::new(Mutex::new(Processor {
+        producer: TrackedProducer::new(&kafka)?,
+        kafka: kafka.clone(),
+        manager,
+        agents,
+        agents_by_topic,
+        topic_partitions,
+        positions: BTreeMap::new(),
+        consumed: HashMap::new(),
+        to_recover: Vec::new(),
+        assigned: Default::default(),
+        summary: RunSummary::default(),
+        aborting: false,
+        app_id: config.app_id.clone(),
+    }));
+
+    let mut consumer_config = kafka.client_config();
+    if kafka.embedded_cluster().is_some() && !config.kafka.contains_key("session.timeout.ms") {
+        // The embedded cluster keeps a member that left in the group until
+        // its session times out, so with the default of 45 s a restarted
+        // worker waits that long for its partitions.
+        consumer_config.set("session.timeout.ms", "6000").set("heartbeat.interval.ms", "500");
+    }
+    let consumer: BaseConsumer<WorkerContext> = consumer_config
+        .set("group.id", &config.app_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create_with_context(WorkerContext { processor: processor.clone() })
+        .context("worker: failed to create the consumer; check the [kafka] properties")?;
+    let sources: Vec<&str> = source_partitions.keys().map(String::as_str).collect();
+    consumer.subscribe(&sources).context("worker: failed to subscribe to the source topics")?;
+
+    let mut end_offsets: Option<HashMap<(String, i32), i64>> = None;
+    if options.stop_at_end && options.end_offsets.is_none() {
+        let mut ends = HashMap::new();
+        for (topic, count) in &source_partitions {
+            for partition in 0..*count {
+                ends.insert((topic.clone(), partition as i32), kafka.watermarks(topic, partition)?.1);
+            }
+        }
+        end_offsets = Some(ends);
+    }
+
+    let result = run_loop(config, &consumer, &processor, &shutdown, &options, &mut end_offsets);
+    let outcome = if result.is_err() || shutdown.state() == ABORT {
+        // Leaving the group must not commit what was never flushed.
+        lock(&processor).aborting = true;
+        result
+    } else {
+        lock(&processor).commit(&consumer)
+    };
+    // Closing the consumer revokes its partitions, which commits once more
+    // unless the run is aborting; that commit finds nothing new.
+    drop(consumer);
+    outcome?;
+    let summary = lock(&processor).summary.clone();
+    tracing::info!(events = summary.events, outputs = summary.outputs, dead_letters = summary.dead_letters, commits = summary.commits, "worker: stopped");
+    Ok(summary)
+}
+
+fn run_loop(
+    config: &Config,
+    consumer: &BaseConsumer<WorkerContext>,
+    processor: &Mutex<Processor>,
+    shutdown: &Shutdown,
+    options: &RunOptions,
+    end_offsets: &mut Option<HashMap<(String, i32), i64>>,
+) -> anyhow::Result<()> {
+    let commit_interval = Duration::from_millis(config.commit_interval_ms);
+    let mut last_commit = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut first_event: Option<Instant> = None;
+    let mut batch: Vec<Event> = Vec::with_capacity(config.batch_size);
+
+    while shutdown.state() == RUNNING {
+        recover_assigned(consumer, processor)?;
+
+        // Collect up to one batch: wait briefly for the first record, then
+        // take what is already fetched.
+        batch.clear();
+        let mut timeout = Duration::from_millis(100);
+        while batch.len() < config.batch_size {
+            match consumer.poll(timeout) {
+                Some(Ok(message)) => batch.push(to_event(&message)),
+                Some(Err(error)) => tracing::warn!(%error, "worker.poll: consumer error; retrying"),
+                None => break,
+            }
+            timeout = Duration::ZERO;
+        }
+
+        if !batch.is_empty() {
+            first_event.get_or_insert_with(Instant::now);
+            let mut processor = lock(processor);
+            processor.handle(&batch)?;
+            if let Some(counter) = &options.events_handled {
+                counter.store(processor.summary.events, Ordering::SeqCst);
+            }
+        }
+
+        if last_commit.elapsed() >= commit_interval {
+            lock(processor).commit(consumer)?;
+            last_commit = Instant::now();
+        }
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            let processor = lock(processor);
+            tracing::info!(events = processor.summary.events, commits = processor.summary.commits, "worker: progress");
+        }
+        if let Some(first) = first_event {
+            lock(processor).summary.processing_seconds = first.elapsed().as_secs_f64();
+        }
+
+        if options.stop_at_end {
+            if end_offsets.is_none() {
+                if let Some(shared) = &options.end_offsets {
+                    *end_offsets = shared.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                }
+            }
+            if let Some(ends) = end_offsets.as_ref() {
+                if reached_end(consumer, processor, ends) {
+                    tracing::info!("worker: every source partition is consumed to its end offset; stopping");
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn reached_end(consumer: &BaseConsumer<WorkerContext>, processor: &Mutex<Processor>, ends: &HashMap<(String, i32), i64>) -> bool {
+    let processor = lock(processor);
+    // Until the group has assigned every partition with data, this worker
+    // cannot know it has consumed them all.
+    if !processor.to_recover.is_empty() || ends.iter().any(|(key, end)| *end > 0 && !processor.assigned.contains(key)) {
+        return false;
+    }
+    // Partitions this run has handled nothing of may already be committed
+    // up to their end by an earlier run; ask the group for those.
+    let mut unknown = TopicPartitionList::new();
+    for ((topic, partition), end) in ends {
+        if *end > 0 && !processor.positions.contains_key(&(topic.clone(), *partition)) {
+            unknown.add_partition(topic, *partition);
+        }
+    }
+    let committed = if unknown.count() > 0 {
+        match consumer.committed_offsets(unknown, Duration::from_secs(10)) {
+            Ok(committed) => Some(committed),
+            Err(error) => {
+                tracing::warn!(%error, "worker: failed to read committed offsets; checking again later");
+                return false;
+            }
+        }
+    } else {
+        None
+    };
+    ends.iter().all(|((topic, partition), end)| {
+        if *end == 0 {
+            return true;
+        }
+        if let Some(next) = processor.positions.get(&(topic.clone(), *partition)) {
+            return next >= end;
+        }
+        match committed.as_ref().and_then(|c| c.find_partition(topic, *partition)).map(|e| e.offset()) {
+            Some(Offset::Offset(next)) => next >= *end,
+            _ => false,
+        }
+    })
+}
+
+fn recover_assigned(consumer: &BaseConsumer<WorkerContext>, processor: &Mutex<Processor>) -> anyhow::Result<()> {
+    let mut processor = lock(processor);
+    if processor.to_recover.is_empty() {
+        return Ok(());
+    }
+    let started = Instant::now();
+    let assigned = std::mem::take(&mut processor.to_recover);
+    let mut resume = TopicPartitionList::new();
+    for (topic, partition) in &assigned {
+        let reports = processor.manager.assign(&processor.kafka, topic, *partition as u32)?;
+        processor.summary.recoveries.extend(reports);
+        resume.add_partition(topic, *partition);
+    }
+    processor.summary.recovery_seconds += started.elapsed().as_secs_f64();
+    consumer.resume(&resume).context("worker: failed to resume recovered partitions")?;
+    Ok(())
+}
+
+fn to_event(message: &BorrowedMessage<'_>) -> Event {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| Header { key: h.key.to_owned(), value: h.value.unwrap_or_default().to_vec() })
+                .collect()
+        })
+        .unwrap_or_default();
+    Event {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+fn event_footprint(event: &Event) -> u64 {
+    let headers: usize = event.headers.iter().map(|h| h.key.len() + h.value.len()).sum();
+    record_footprint(event.key.as_ref().map_or(0, Vec::len), event.value.as_ref().map_or(0, Vec::len), headers)
+}
+
+impl Processor {
+    /// Hands a polled batch to the agents, partition by partition.
+    fn handle(&mut self, batch: &[Event]) -> anyhow::Result<()> {
+        let mut by_partition: BTreeMap<(&str, i32), Vec<Event>> = BTreeMap::new();
+        for event in batch {
+            by_partition.entry((event.topic.as_str(), event.partition)).or_default().push(event.clone());
+        }
+        for ((topic, partition), events) in by_partition {
+            let agent_indexes = self.agents_by_topic.get(topic).cloned().unwrap_or_default();
+            for index in agent_indexes {
+                let outcome = self.agents[index].handle(&events, partition as u32)?;
+                let agent_name = self.agents[index].name().to_owned();
+                self.emit(&agent_name, outcome)?;
+            }
+            let key = (topic.to_owned(), partition);
+            let last = events.last().expect("a partition group is never empty").offset;
+            self.positions.insert(key.clone(), last + 1);
+            let consumed = self.consumed.entry(key).or_default();
+            consumed.0 += events.iter().map(event_footprint).sum::<u64>();
+            consumed.1 += events.len() as u64;
+            self.summary.events += events.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Produces an agent's outputs and dead letters.
+    fn emit(&mut self, agent: &str, outcome: BatchOutcome) -> anyhow::Result<()> {
+        for record in &outcome.outputs {
+            let headers: Vec<OutHeader> = record.headers.clone();
+            let partition = self.choose_partition(&record.topic, record.key.as_deref(), record.value.as_deref(), &headers)?;
+            self.producer.send(&record.topic, Some(partition), record.key.as_deref(), record.value.as_deref(), &headers)?;
+        }
+        self.summary.outputs += outcome.outputs.len() as u64;
+
+        if !outcome.dead_letters.is_empty() {
+            let topic = format!("{}-{agent}-dead-letters", self.app_id);
+            for letter in &outcome.dead_letters {
+                let event = &letter.event;
+                let mut headers: Vec<OutHeader> = event.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+                headers.push(("tablehost-error".into(), letter.error.clone().into_bytes()));
+                headers.push(("tablehost-agent".into(), agent.as_bytes().to_vec()));
+                headers.push(("tablehost-topic".into(), event.topic.clone().into_bytes()));
+                headers.push(("tablehost-partition".into(), event.partition.to_string().into_bytes()));
+                headers.push(("tablehost-offset".into(), event.offset.to_string().into_bytes()));
+                let partition = self.choose_partition(&topic, event.key.as_deref(), event.value.as_deref(), &headers)?;
+                self.producer.send(&topic, Some(partition), event.key.as_deref(), event.value.as_deref(), &headers)?;
+            }
+            self.summary.dead_letters += outcome.dead_letters.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Chooses a record's partition like Kafka's default partitioner and,
+    /// on the embedded cluster, reserves room for it.
+    fn choose_partition(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[OutHeader]) -> anyhow::Result<i32> {
+        let count = *self
+            .topic_partitions
+            .get(topic)
+            .with_context(|| format!("worker: topic {topic} has no known partition count"))?;
+        let partition = match key {
+            Some(key) => partition_for_key(key, count),
+            None => (self.summary.outputs + self.summary.dead_letters) as u32 % count,
+        };
+        if let Some(cluster) = self.kafka.embedded_cluster() {
+            let header_bytes = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+            let bytes = record_footprint(key.map_or(0, <[u8]>::len), value.map_or(0, <[u8]>::len), header_bytes);
+            cluster.ledger().reserve(topic, partition, bytes, 1)?;
+        }
+        Ok(partition as i32)
+    }
+
+    /// Commits: changelog and outputs acknowledged, stores durable, then
+    /// source offsets.
+    fn commit(&mut self, consumer: &BaseConsumer<WorkerContext>) -> anyhow::Result<()> {
+        if self.consumed.is_empty() && self.manager.tables().values().all(|t| t.dirty_len() == 0) {
+            return Ok(());
+        }
+        let stats = self.manager.flush(&self.kafka, &self.producer)?;
+        self.summary.changelog_records += stats.changelog_records;
+
+        if !self.positions.is_empty() {
+            let mut offsets = TopicPartitionList::new();
+            for ((topic, partition), next) in &self.positions {
+                offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+            }
+            consumer.commit(&offsets, CommitMode::Sync).context("commit: failed to commit source offsets")?;
+        }
+        if let Some(cluster) = self.kafka.embedded_cluster() {
+            for ((topic, partition), (bytes, records)) in self.consumed.drain() {
+                cluster.ledger().release(&topic, partition as u32, bytes, records);
+            }
+        }
+        self.consumed.clear();
+        self.summary.commits += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! The `tablehost` binary as a user runs it: exit codes and the messages
+//! for bad configs and bad input files.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tablehost(args: &[&str], dir: &Path) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tablehost"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("tablehost runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn counter_component() -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/plugins/counter.wasm");
+    assert!(path.is_file(), "{} is missing; build the example agents with `make plugins`", path.display());
+    path
+}
+
+fn write_config(dir: &Path, tables_line: &str) {
+    let text = format!(
+        "app_id = \"cli\"\nstate_dir = \"state\"\n[[topics]]\nname = \"events\"\npartitions = 2\n\
+         [[agents]]\nname = \"counter\"\ncomponent = {:?}\nsources = [\"events\"]\n{tables_line}\n\
+         [[tables]]\nname = \"counts\"\n",
+        counter_component().display().to_string()
+    );
+    std::fs::write(dir.join("app.toml"), text).unwrap();
+}
+
+#[test]
+fn missing_config_file_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = tablehost(&["run", "--config", "absent.toml"], dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("tablehost: error: config absent.toml: cannot read the file"), "{stderr}");
+}
+
+#[test]
+fn undeclared_table_in_config_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "tables = [\"other\"]");
+    let (ok, _, stderr) = tablehost(&["run", "--config", "app.toml"], dir.path());
+    assert!(!ok);
+    assert!(
+        stderr.contains("config app.toml: agents[0].tables: table \"other\" is not declared; add a [[tables]] section with name = \"other\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn load_on_embedded_cluster_points_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "tables = [\"counts\"]");
+    std::fs::write(dir.path().join("events.jsonl"), "{\"id\": \"a\"}\n").unwrap();
+    let (ok, _, stderr) =
+        tablehost(&["load", "--config", "app.toml", "--topic", "events", "--key-field", "id", "events.jsonl"], dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("use `tablehost run --config app.toml --load events.jsonl --key-field id`"), "{stderr}");
+}
+
+fn run_with_input(name: &str, contents: &str, key_field: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "tables = [\"counts\"]");
+    std::fs::write(dir.path().join(name), contents).unwrap();
+    tablehost(&["run", "--config", "app.toml", "--load", name, "--key-field", key_field, "--stop-at-end"], dir.path())
+}
+
+#[test]
+fn empty_input_file_is_reported() {
+    let (ok, _, stderr) = run_with_input("empty.jsonl", "", "id");
+    assert!(!ok);
+    assert!(stderr.contains("empty.jsonl") && stderr.contains("contains no records"), "{stderr}");
+}
+
+#[test]
+fn malformed_input_line_is_reported() {
+    let (ok, _, stderr) = run_with_input("bad.jsonl", "{\"id\": \"a\"}\n{\"id\": \n", "id");
+    assert!(!ok);
+    assert!(stderr.contains("bad.jsonl") && stderr.contains("line 2"), "{stderr}");
+}
+
+#[test]
+fn missing_key_field_is_reported() {
+    let (ok, _, stderr) = run_with_input("events.csv", "name,size\na,1\n", "id");
+    assert!(!ok);
+    assert!(stderr.contains("events.csv") && stderr.contains("\"id\""), "{stderr}");
+}
+
+#[test]
+fn run_loads_and_dumps_table() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "tables = [\"counts\"]");
+    std::fs::write(dir.path().join("events.jsonl"), "{\"id\": \"a\"}\n{\"id\": \"b\"}\n{\"id\": \"a\"}\n").unwrap();
+    let (ok, stdout, stderr) =
+        tablehost(&["run", "--config", "app.toml", "--load", "events.jsonl", "--key-field", "id", "--stop-at-end"], dir.path());
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("handled 3 events"), "{stdout}");
+
+    let (ok, stdout, stderr) = tablehost(&["table", "dump", "--config", "app.toml", "counts"], dir.path());
+    assert!(ok, "{stderr}");
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].starts_with(r#"{"key":"a","partition":"#) && lines[0].ends_with(r#","value":2}"#), "{}", lines[0]);
+    assert!(lines[1].starts_with(r#"{"key":"b","partition":"#) && lines[1].ends_with(r#","value":1}"#), "{}", lines[1]);
+
+    let (ok, stdout, _) = tablehost(&["table", "get", "--config", "app.toml", "counts", "a"], dir.path());
+    assert!(ok);
+    assert!(stdout.trim_end().ends_with(r#","value":2}"#), "{stdout}");
+    let (ok, _, stderr) = tablehost(&["table", "get", "--config", "app.toml", "counts", "zzz"], dir.path());
+    assert!(!ok);
+    assert!(stderr.contains("table counts: key \"zzz\" not found"), "{stderr}");
+}

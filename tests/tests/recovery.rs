@@ -1,0 +1,217 @@
+//! Recovery and durability with the counting agent: rebuilding a deleted
+//! store, replaying only the changelog tail, crashing before a commit,
+//! binary keys and deletes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tablehost::worker::{run, RunOptions, Shutdown};
+use tablehost_tests::{plugin, Harness};
+
+const CHANGELOG: &str = "counting-counts-changelog";
+
+fn config(harness: &Harness, commit_interval_ms: u64) -> tablehost::config::Config {
+    harness.config(&format!(
+        r#"
+        app_id = "counting"
+        commit_interval_ms = {commit_interval_ms}
+        [[agents]]
+        name = "counter"
+        component = {:?}
+        sources = ["events"]
+        tables = ["counts"]
+        [[tables]]
+        name = "counts"
+        "#,
+        plugin("counter").display().to_string()
+    ))
+}
+
+fn count(value: &[u8]) -> u64 {
+    std::str::from_utf8(value).unwrap().parse().unwrap()
+}
+
+#[test]
+fn recovery_rebuilds_deleted_store() {
+    let harness = Harness::new();
+    let config = config(&harness, 200);
+    harness.topic("events", 3);
+    let keys: Vec<String> = (0..30).map(|i| format!("key-{i}")).collect();
+    let mut records = Vec::new();
+    for round in 0..10 {
+        for (i, key) in keys.iter().enumerate() {
+            records.push(((i % 3) as i32, Some(key.as_bytes()), format!("event {round}").into_bytes()));
+        }
+    }
+    let records: Vec<(i32, Option<&[u8]>, Option<&[u8]>)> = records.iter().map(|(p, k, v)| (*p, *k, Some(v.as_slice()))).collect();
+    harness.produce("events", &records);
+
+    // First run: 300 events, 10 per key.
+    let first = harness.run_to_end(&config);
+    assert_eq!(first.events, 300);
+    let before = harness.table(&config, "counts");
+    assert_eq!(before.len(), 30);
+    assert!(before.values().all(|v| count(v) == 10));
+
+    // Delete the store; the next start replays the whole changelog.
+    harness.delete_table_state(&config, "counts");
+    let second = harness.run_to_end(&config);
+    assert_eq!(second.events, 0);
+    let replayed: u64 = second.recoveries.iter().map(|r| r.replayed).sum();
+    assert_eq!(replayed, first.changelog_records);
+    assert_eq!(second.recoveries.len(), 3);
+    assert_eq!(harness.table(&config, "counts"), before);
+}
+
+#[test]
+fn restart_replays_only_changelog_tail() {
+    let harness = Harness::new();
+    // One commit per run, at its end, so the changelog grows by one record
+    // per key touched in a run.
+    let config = config(&harness, 600_000);
+    harness.topic("events", 1);
+    let first_batch: Vec<(i32, Option<&[u8]>, Option<&[u8]>)> =
+        ["a", "b", "c", "d", "a", "b"].iter().map(|k| (0, Some(k.as_bytes()), Some(&b"x"[..]))).collect();
+    harness.produce("events", &first_batch);
+    let first = harness.run_to_end(&config);
+    assert_eq!(first.events, 6);
+    assert_eq!(first.changelog_records, 4);
+    assert_eq!(harness.persisted_offset(&config, "counts", 0), Some(4));
+
+    // Keep a copy of the store as it is after the first run.
+    let state = config.state_dir();
+    let snapshot = harness.dir.path().join("snapshot");
+    copy_dir(&state.join("tables"), &snapshot);
+
+    // A clean restart replays nothing; the second run adds two changelog records.
+    harness.produce("events", &[(0, Some(b"a"), Some(b"x")), (0, Some(b"b"), Some(b"x")), (0, Some(b"a"), Some(b"x"))]);
+    let second = harness.run_to_end(&config);
+    assert_eq!(second.recoveries.len(), 1);
+    assert_eq!(second.recoveries[0].replayed, 0);
+    assert_eq!(second.events, 3);
+    assert_eq!(second.changelog_records, 2);
+    let expected = harness.table(&config, "counts");
+
+    // Put the old store back: the next start replays exactly the two-record tail.
+    std::fs::remove_dir_all(state.join("tables")).unwrap();
+    copy_dir(&snapshot, &state.join("tables"));
+    let third = harness.run_to_end(&config);
+    assert_eq!(third.events, 0);
+    assert_eq!(third.recoveries[0].from_offset, 4);
+    assert_eq!(third.recoveries[0].to_offset, 6);
+    assert_eq!(third.recoveries[0].replayed, 2);
+    let table = harness.table(&config, "counts");
+    assert_eq!(table, expected);
+    assert_eq!(count(&table[&(0, b"a".to_vec())]), 4);
+    assert_eq!(count(&table[&(0, b"b".to_vec())]), 3);
+}
+
+#[test]
+fn stop_without_commit_loses_nothing() {
+    let harness = Harness::new();
+    let config = config(&harness, 600_000);
+    harness.topic("events", 2);
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        for (i, key) in keys.iter().enumerate() {
+            records.push(((i % 2) as i32, Some(key.as_bytes()), Some(&b"x"[..])));
+        }
+    }
+    harness.produce("events", &records);
+
+    // Abort, as a crash would, once some events are handled and before any commit.
+    let shutdown = Arc::new(Shutdown::default());
+    let handled = Arc::new(AtomicU64::new(0));
+    let worker = {
+        let (config, kafka, shutdown, handled) = (config.clone(), harness.kafka.clone(), shutdown.clone(), handled.clone());
+        std::thread::spawn(move || run(&config, kafka, shutdown, RunOptions { events_handled: Some(handled), ..Default::default() }))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while handled.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no event was handled within 120 seconds");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    shutdown.abort();
+    let aborted = worker.join().unwrap().unwrap();
+    assert!(aborted.events > 0);
+    assert_eq!(aborted.commits, 0);
+    assert_eq!(harness.records(CHANGELOG).len(), 0);
+
+    // The next run handles every event again and the counts are exact.
+    let rerun = harness.run_to_end(&config);
+    assert_eq!(rerun.events, 2000);
+    let table = harness.table(&config, "counts");
+    assert_eq!(table.len(), 10);
+    for ((_, key), value) in &table {
+        assert_eq!(count(value), 200, "key {}", String::from_utf8_lossy(key));
+    }
+}
+
+#[test]
+fn binary_and_empty_keys_survive_restart() {
+    let harness = Harness::new();
+    let config = config(&harness, 1000);
+    harness.topic("events", 1);
+    let binary: &[u8] = &[0xff, 0x00, 0xfe];
+    harness.produce(
+        "events",
+        &[
+            (0, Some(binary), Some(b"x")),
+            (0, Some(b""), Some(b"x")),
+            (0, Some(binary), Some(b"x")),
+            (0, None, Some(b"x")),
+            (0, Some(binary), Some(b"x")),
+        ],
+    );
+    harness.run_to_end(&config);
+    let expected: std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>> =
+        [((0, binary.to_vec()), b"3".to_vec()), ((0, Vec::new()), b"2".to_vec())].into_iter().collect();
+    assert_eq!(harness.table(&config, "counts"), expected);
+
+    // A restart keeps the bytes; so does a rebuild from the changelog.
+    harness.run_to_end(&config);
+    assert_eq!(harness.table(&config, "counts"), expected);
+    harness.delete_table_state(&config, "counts");
+    let rebuilt = harness.run_to_end(&config);
+    assert_eq!(rebuilt.recoveries[0].replayed, 2);
+    assert_eq!(harness.table(&config, "counts"), expected);
+}
+
+#[test]
+fn delete_is_tombstone_after_recovery() {
+    let harness = Harness::new();
+    let config = config(&harness, 600_000);
+    harness.topic("events", 1);
+    harness.produce("events", &[(0, Some(b"gone"), Some(b"x")), (0, Some(b"kept"), Some(b"x"))]);
+    harness.run_to_end(&config);
+    harness.produce("events", &[(0, Some(b"gone"), Some(b"delete"))]);
+    harness.run_to_end(&config);
+
+    // The changelog ends with a tombstone for the deleted key.
+    let changelog = harness.records(CHANGELOG);
+    let last_gone = changelog.iter().rev().find(|r| r.key.as_deref() == Some(b"gone".as_slice())).unwrap();
+    assert_eq!(last_gone.value, None);
+    assert_eq!(changelog.len(), 3);
+
+    // The key stays deleted in the store and after a rebuild.
+    let expected: std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>> = [((0, b"kept".to_vec()), b"1".to_vec())].into_iter().collect();
+    assert_eq!(harness.table(&config, "counts"), expected);
+    harness.delete_table_state(&config, "counts");
+    harness.run_to_end(&config);
+    assert_eq!(harness.table(&config, "counts"), expected);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
