@@ -1,5 +1,8 @@
 # tablehost build, demo, test and benchmark entry points.
 #
+# Agent components are built without debug info: it would make them ten
+# times larger and slower to compile on load.
+#
 # Build output lives outside the clone so a second clone, or CI on the same
 # machine, reuses the compiled RocksDB, librdkafka and wasmtime:
 #   CARGO_TARGET_DIR   native crates (host, tests)
@@ -28,7 +31,8 @@ setup:
 
 ## plugins: build the example agents as wasm32-wasip2 components into build/plugins
 plugins: setup
-	CARGO_TARGET_DIR=$(WASM_TARGET_DIR) cargo build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
+	CARGO_TARGET_DIR=$(WASM_TARGET_DIR) CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=debuginfo \
+		cargo build --release --target wasm32-wasip2 $(addprefix -p ,$(PLUGINS))
 	@mkdir -p $(PLUGIN_DIR)
 	@for p in $(PLUGINS); do \
 		cp $(WASM_TARGET_DIR)/wasm32-wasip2/release/$$(echo $$p | tr - _).wasm $(PLUGIN_DIR)/; \
@@ -61,10 +65,10 @@ test: plugins
 	cargo test -p tablehost -p tablehost-tests
 	CARGO_TARGET_DIR=$(WASM_TARGET_DIR) cargo test -p tablehost-guest
 
-## bench: run the benchmarks and print their results (see BENCHMARKS.md)
+## bench: run the benchmarks and print their results (see BENCHMARKS.md); the dev
+## profile is used so the optimised dependencies built for the demo are reused
 bench: host plugins data
-	cargo build -p tablehost --bins --benches
-	cargo bench -p tablehost --bench pipeline -- --data $(FLIGHTS)
+	cargo bench --profile dev -p tablehost --bench pipeline -- --data $(FLIGHTS)
 
 clean:
 	rm -rf build

@@ -1,0 +1,239 @@
+//! Throughput benchmarks of the whole pipeline and its parts, on the
+//! flights data and on synthetic records. Run with `make bench`; the
+//! results and the machine they came from are recorded in BENCHMARKS.md.
+//!
+//! Each measurement prints one line `name: value unit (details)`:
+//!
+//! - `e2e`: the flights file loaded into an 8-partition topic of the
+//!   embedded cluster while the flight-delays agent handles it, events per
+//!   second from the first event to the last commit;
+//! - `bare`: the same file through a bare rdkafka consume-and-produce loop
+//!   (no agent, no tables) on the same cluster, fed the same way;
+//! - `recovery`: changelog records per second replayed into RocksDB;
+//! - `wasm`: the cost of one component call and of one event handled by
+//!   flight-delays, without Kafka;
+//! - `table`: the cost of one write into a table's write cache and of one
+//!   record applied to RocksDB.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
+use tablehost::agent::{AgentRuntime, Event};
+use tablehost::config::Config;
+use tablehost::feed::{feed, FeedOptions};
+use tablehost::kafka::embedded::record_footprint;
+use tablehost::kafka::producer::TrackedProducer;
+use tablehost::kafka::{Kafka, TopicKind};
+use tablehost::recovery::recover_partition;
+use tablehost::store::{ChangelogRecord, MemoryStore, RocksOptions, RocksStore, Store};
+use tablehost::table::Table;
+use tablehost::worker::{run, RunOptions, Shutdown};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let data = args
+        .iter()
+        .position(|a| a == "--data")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .context("usage: pipeline --data build/data/flights-3m.parquet")?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let component = root.join("build/plugins/flight_delays.wasm");
+    anyhow::ensure!(component.is_file(), "{} is missing; run `make plugins`", component.display());
+    let scratch = tempfile::tempdir()?;
+
+    let e2e = end_to_end(&data, &component, scratch.path())?;
+    let bare = bare_loop(&data)?;
+    println!("e2e/bare: {:.2}", e2e / bare);
+    recovery(scratch.path())?;
+    wasm_call(&component, scratch.path())?;
+    table_write(scratch.path())?;
+    Ok(())
+}
+
+fn end_to_end(data: &Path, component: &Path, scratch: &Path) -> anyhow::Result<f64> {
+    let text = format!(
+        "app_id = \"bench\"\nstate_dir = {:?}\n[[agents]]\nname = \"flight-delays\"\ncomponent = {:?}\n\
+         sources = [\"flights\"]\noutputs = [\"long-delays\"]\ntables = [\"delays_by_origin\"]\n\
+         [[tables]]\nname = \"delays_by_origin\"\n",
+        scratch.join("e2e").display().to_string(),
+        component.display().to_string()
+    );
+    let config = Config::parse(&text, Path::new("bench.toml"), scratch)?;
+    let kafka = Arc::new(Kafka::embedded(Default::default())?);
+    kafka.ensure_topic("flights", 8, TopicKind::Plain)?;
+
+    let ends = Arc::new(Mutex::new(None));
+    let loader = {
+        let (kafka, ends, data) = (kafka.clone(), ends.clone(), data.to_owned());
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            let options = FeedOptions { path: &data, format: None, key_field: "origin", topic: "flights", partitions: 8, progress: false };
+            let summary = feed(&kafka, &options)?;
+            *ends.lock().unwrap() = Some(summary.end_offsets);
+            Ok(summary.records)
+        })
+    };
+    let options = RunOptions { stop_at_end: true, end_offsets: Some(ends), ..Default::default() };
+    let summary = run(&config, kafka, Arc::new(Shutdown::default()), options)?;
+    let records = loader.join().expect("loader thread")?;
+    let rate = summary.events as f64 / summary.processing_seconds;
+    println!(
+        "e2e: {rate:.0} events/s ({} events of {records} loaded, {:.1} s, {} commits)",
+        summary.events, summary.processing_seconds, summary.commits
+    );
+    Ok(rate)
+}
+
+fn bare_loop(data: &Path) -> anyhow::Result<f64> {
+    let kafka = Arc::new(Kafka::embedded(Default::default())?);
+    kafka.ensure_topic("bare-in", 8, TopicKind::Plain)?;
+    kafka.ensure_topic("bare-out", 8, TopicKind::Plain)?;
+    let loader = {
+        let (kafka, data) = (kafka.clone(), data.to_owned());
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            let options = FeedOptions { path: &data, format: None, key_field: "origin", topic: "bare-in", partitions: 8, progress: false };
+            Ok(feed(&kafka, &options)?.records)
+        })
+    };
+
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", "bare")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&["bare-in"])?;
+    let producer = TrackedProducer::new(&kafka)?;
+    let ledger = kafka.embedded_cluster().expect("embedded").ledger();
+    let expected = 3_000_000u64;
+    let mut handled = 0u64;
+    let mut pending: HashMap<i32, (u64, u64)> = HashMap::new();
+    let mut started = None;
+    let mut last_commit = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while handled < expected && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else { continue };
+        let message = message?;
+        started.get_or_insert_with(Instant::now);
+        producer.send("bare-out", Some(message.partition()), message.key(), message.payload(), &[])?;
+        let entry = pending.entry(message.partition()).or_default();
+        entry.0 += record_footprint(message.key().map_or(0, <[u8]>::len), message.payload().map_or(0, <[u8]>::len), 0);
+        entry.1 += 1;
+        handled += 1;
+        if last_commit.elapsed() > Duration::from_secs(1) || handled == expected {
+            // The same commit step as the worker's: outputs acknowledged,
+            // then source offsets, then room for the loader.
+            producer.flush(Duration::from_secs(60))?;
+            consumer.commit_consumer_state(CommitMode::Sync)?;
+            for (partition, (bytes, records)) in pending.drain() {
+                ledger.release("bare-in", partition as u32, bytes, records);
+            }
+            last_commit = Instant::now();
+        }
+    }
+    let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    let loaded = loader.join().expect("loader thread")?;
+    anyhow::ensure!(handled == loaded, "bare loop handled {handled} of {loaded} records");
+    let rate = handled as f64 / seconds;
+    println!("bare: {rate:.0} events/s ({handled} events, {seconds:.1} s)");
+    Ok(rate)
+}
+
+fn recovery(scratch: &Path) -> anyhow::Result<()> {
+    const PARTITIONS: u32 = 32;
+    const RECORDS: u64 = 640_000;
+    let kafka = Kafka::embedded(Default::default())?;
+    let topic = "bench-recovery-changelog";
+    kafka.ensure_topic(topic, PARTITIONS, TopicKind::Changelog)?;
+    let producer = TrackedProducer::new(&kafka)?;
+    for i in 0..RECORDS {
+        let key = format!("key-{:08}", i % 200_000);
+        let value = format!("{{\"flights\":{i},\"delay_total\":{},\"delay_max\":{}}}", i * 7, i % 900);
+        producer.send(topic, Some((i % PARTITIONS as u64) as i32), Some(key.as_bytes()), Some(value.as_bytes()), &[])?;
+    }
+    producer.flush(Duration::from_secs(120))?;
+
+    let store = Arc::new(RocksStore::open("bench", &scratch.join("recovery"), &RocksOptions::default())?);
+    let table = Table::new("bench", topic, store);
+    let started = Instant::now();
+    let mut replayed = 0;
+    for partition in 0..PARTITIONS {
+        replayed += recover_partition(&kafka, &table, partition)?.replayed;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!("recovery: {:.0} records/s ({replayed} records into RocksDB, {PARTITIONS} partitions, {seconds:.2} s)", replayed as f64 / seconds);
+    Ok(())
+}
+
+fn flight_event(i: u64) -> Event {
+    let origins = ["ATL", "ORD", "DFW", "LAX", "PHX", "DEN", "LAS", "SFO"];
+    let origin = origins[(i % origins.len() as u64) as usize];
+    let value = format!(
+        "{{\"date\":\"2001-01-01 00:01:00\",\"delay\":{},\"distance\":{},\"origin\":\"{origin}\",\"destination\":\"PHL\"}}",
+        (i % 300) as i64 - 20,
+        200 + i % 2000
+    );
+    Event {
+        topic: "flights".into(),
+        partition: 0,
+        offset: i as i64,
+        timestamp_ms: Some(978_307_260_000),
+        key: Some(origin.as_bytes().to_vec()),
+        value: Some(value.into_bytes()),
+        headers: Vec::new(),
+    }
+}
+
+fn wasm_call(component: &Path, scratch: &Path) -> anyhow::Result<()> {
+    let runtime = AgentRuntime::new(&scratch.join("compiled"))?;
+    let agent_config: tablehost::config::AgentConfig = toml::from_str(&format!(
+        "name = \"flight-delays\"\ncomponent = {:?}\nsources = [\"flights\"]\noutputs = [\"long-delays\"]\ntables = [\"delays_by_origin\"]\n",
+        component.display().to_string()
+    ))?;
+    let table = Arc::new(Table::new("delays_by_origin", "unused", Arc::new(MemoryStore::new())));
+    let mut agent = runtime.load(&agent_config, vec![table])?;
+
+    // A warm-up call instantiates the component.
+    agent.handle(&[flight_event(0)], 0)?;
+
+    for batch_size in [1usize, 512] {
+        let batches = if batch_size == 1 { 20_000 } else { 400 };
+        let events: Vec<Event> = (0..batch_size as u64).map(flight_event).collect();
+        let started = Instant::now();
+        for _ in 0..batches {
+            agent.handle(&events, 0)?;
+        }
+        let per_event = started.elapsed().as_secs_f64() * 1e6 / (batches * batch_size) as f64;
+        println!("wasm: {per_event:.2} us per event with batches of {batch_size} (flight-delays: JSON parse, table get and set)");
+    }
+    Ok(())
+}
+
+fn table_write(scratch: &Path) -> anyhow::Result<()> {
+    const WRITES: u64 = 1_000_000;
+    let table = Table::new("bench", "unused", Arc::new(MemoryStore::new()));
+    let value = br#"{"flights":12,"delay_total":345,"delay_max":67}"#.to_vec();
+    let started = Instant::now();
+    for i in 0..WRITES {
+        table.put(0, format!("key-{}", i % 1000).into_bytes(), Some(value.clone()));
+    }
+    let per_write = started.elapsed().as_secs_f64() * 1e9 / WRITES as f64;
+    println!("table: {per_write:.0} ns per write into the write cache (1000 distinct keys)");
+
+    let store = RocksStore::open("bench", &scratch.join("writes"), &RocksOptions::default())?;
+    let batch: Vec<ChangelogRecord> =
+        (0..10_000).map(|i| ChangelogRecord { key: format!("key-{i:08}").into_bytes(), value: Some(value.clone()) }).collect();
+    let started = Instant::now();
+    for round in 0..100 {
+        store.apply_changelog(0, &batch, (round + 1) * 10_000)?;
+    }
+    store.persist()?;
+    let per_record = started.elapsed().as_secs_f64() * 1e9 / 1_000_000.0;
+    println!("table: {per_record:.0} ns per record applied to RocksDB (batches of 10000 with their offset)");
+    Ok(())
+}
