@@ -63,12 +63,12 @@ demo: host plugins data
 ## test: run every unit and integration test
 test: plugins
 	cargo test -p tablehost -p tablehost-tests
-	CARGO_TARGET_DIR=$(WASM_TARGET_DIR) cargo test -p tablehost-guest
+	CARGO_TARGET_DIR=$(WASM_TARGET_DIR) cargo test -p tablehost-guest $(addprefix -p ,$(PLUGINS))
 
 ## bench: run the benchmarks and print their results (see BENCHMARKS.md); the dev
 ## profile is used so the optimised dependencies built for the demo are reused
 bench: host plugins data
-	cargo bench --profile dev -p tablehost --bench pipeline -- --data $(FLIGHTS)
+	cargo bench --profile dev -p tablehost --bench pipeline -- --data $(CURDIR)/$(FLIGHTS)
 
 clean:
 	rm -rf build

@@ -107,7 +107,7 @@ impl Default for Limits {
 pub struct TableConfig {
     /// The table name; its changelog topic is `<app_id>-<name>-changelog`.
     pub name: String,
-    /// Where the table's state lives.
+    /// The store behind the table.
     #[serde(default)]
     pub store: StoreKind,
     /// RocksDB tuning, used when `store = "rocksdb"`.
@@ -161,7 +161,7 @@ pub enum ConfigError {
         path: PathBuf,
         /// The key, such as `agents[0].tables`.
         key: String,
-        /// What is wrong and how to fix it.
+        /// The problem and its fix.
         message: String,
     },
 }

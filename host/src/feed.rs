@@ -24,7 +24,7 @@ use crate::load::{read_rows, InputFormat};
 /// it concludes that nothing consumes the topic.
 const ROOM_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What a load did.
+/// Counters of one load.
 #[derive(Debug, Clone, Default)]
 pub struct FeedSummary {
     /// Records produced.

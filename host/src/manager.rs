@@ -1,10 +1,10 @@
 //! The table manager: table lifecycle, recovery on assignment and the
 //! commit protocol.
 //!
-//! The manager opens every configured table with its store, makes sure each
-//! changelog topic exists with the partition count of the table's source
-//! topics, recovers a table partition before the worker hands any event of
-//! that partition to an agent, and commits.
+//! The manager opens every configured table with its store. It makes sure
+//! each changelog topic exists with the partition count of the table's
+//! source topics. It recovers a table partition before the worker hands any
+//! event of that partition to an agent, and it runs the commit.
 //!
 //! # Commit order
 //!
@@ -45,7 +45,7 @@ pub fn table_dir(state_dir: &Path, table: &str) -> std::path::PathBuf {
     state_dir.join("tables").join(table)
 }
 
-/// What one commit did.
+/// Counters of one commit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommitStats {
     /// Changelog records written.
@@ -82,7 +82,7 @@ impl TableManager {
             let changelog = config.changelog_topic(name);
             let table = Arc::new(Table::new(name, &changelog, store));
 
-            // A table partition holds the state of the same partition of
+            // A table partition contains the state of the same partition of
             // every source topic of its agents, so those topics must agree
             // on the partition count.
             let mut partitions: Option<(String, u32)> = None;

@@ -7,10 +7,10 @@
 //! resumes where it stopped. A store that has never been written starts at
 //! the low watermark.
 //!
-//! Recovery ends when the high watermark is reached or the consumer reports
-//! the end of the partition, whichever comes first; the second covers a
-//! changelog whose last offsets are transaction markers, which are never
-//! delivered as records.
+//! Recovery ends when the high watermark is reached or when the consumer
+//! reports the end of the partition, whichever comes first. The second
+//! case covers a changelog whose last offsets are transaction markers,
+//! because markers are never delivered as records.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ const CHUNK: usize = 10_000;
 /// How long recovery waits for the next record before it gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What one partition's recovery did.
+/// Counters of one partition's recovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
     /// The table.

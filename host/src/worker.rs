@@ -9,9 +9,10 @@
 //! `poll`: a revoked partition is committed before it is released, and an
 //! assigned partition is paused until its tables are recovered.
 //!
-//! The loop ends when [`Shutdown::request`] asks it to drain (final
-//! commit), to abort (no commit, as in a crash), or when `stop_at_end` is
-//! set and every source partition reached its end offset.
+//! The loop ends in three ways. [`Shutdown::request`] drains it with a final
+//! commit, and [`Shutdown::abort`] stops it without one, as a crash would.
+//! With `stop_at_end`, it also ends once every source partition reaches its
+//! end offset.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -32,7 +33,7 @@ use crate::kafka::{Kafka, TopicKind};
 use crate::manager::TableManager;
 use crate::recovery::RecoveryReport;
 
-/// How a running worker should stop.
+/// A stop request for a running worker.
 #[derive(Debug, Default)]
 pub struct Shutdown(AtomicU8);
 
@@ -74,7 +75,7 @@ pub struct RunOptions {
     pub events_handled: Option<Arc<AtomicU64>>,
 }
 
-/// What a run did.
+/// Counters of one run.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
     /// Events handed to agents (an event consumed by two agents counts once).
@@ -140,8 +141,8 @@ impl ConsumerContext for WorkerContext {
             }
             tracing::info!(partitions = partitions.count(), "worker.rebalance: partitions revoked; committing them");
             if let Err(error) = processor.commit(consumer) {
-                // The new owner replays from the last successful commit, so
-                // nothing is lost, but events may be handled twice.
+                // The source offsets stay at the last successful commit, so
+                // the new owner handles the uncommitted events again.
                 tracing::error!(error = %format!("{error:#}"), "worker.rebalance: commit before revocation failed");
             }
             for element in partitions.elements() {
@@ -322,7 +323,7 @@ fn run_loop(
         if !batch.is_empty() {
             first_event.get_or_insert_with(Instant::now);
             let mut processor = lock(processor);
-            processor.handle(&batch)?;
+            processor.handle(std::mem::take(&mut batch))?;
             if let Some(counter) = &options.events_handled {
                 counter.store(processor.summary.events, Ordering::SeqCst);
             }
@@ -444,19 +445,19 @@ fn event_footprint(event: &Event) -> u64 {
 
 impl Processor {
     /// Hands a polled batch to the agents, partition by partition.
-    fn handle(&mut self, batch: &[Event]) -> anyhow::Result<()> {
-        let mut by_partition: BTreeMap<(&str, i32), Vec<Event>> = BTreeMap::new();
+    fn handle(&mut self, batch: Vec<Event>) -> anyhow::Result<()> {
+        let mut by_partition: BTreeMap<(String, i32), Vec<Event>> = BTreeMap::new();
         for event in batch {
-            by_partition.entry((event.topic.as_str(), event.partition)).or_default().push(event.clone());
+            by_partition.entry((event.topic.clone(), event.partition)).or_default().push(event);
         }
         for ((topic, partition), events) in by_partition {
-            let agent_indexes = self.agents_by_topic.get(topic).cloned().unwrap_or_default();
+            let agent_indexes = self.agents_by_topic.get(&topic).cloned().unwrap_or_default();
             for index in agent_indexes {
                 let outcome = self.agents[index].handle(&events, partition as u32)?;
                 let agent_name = self.agents[index].name().to_owned();
                 self.emit(&agent_name, outcome)?;
             }
-            let key = (topic.to_owned(), partition);
+            let key = (topic, partition);
             let last = events.last().expect("a partition group is never empty").offset;
             self.positions.insert(key.clone(), last + 1);
             let consumed = self.consumed.entry(key).or_default();

@@ -76,21 +76,24 @@ fn run_with_input(name: &str, contents: &str, key_field: &str) -> (bool, String,
 fn empty_input_file_is_reported() {
     let (ok, _, stderr) = run_with_input("empty.jsonl", "", "id");
     assert!(!ok);
-    assert!(stderr.contains("empty.jsonl") && stderr.contains("contains no records"), "{stderr}");
+    assert!(stderr.contains("empty.jsonl"), "{stderr}");
+    assert!(stderr.contains("contains no records"), "{stderr}");
 }
 
 #[test]
 fn malformed_input_line_is_reported() {
     let (ok, _, stderr) = run_with_input("bad.jsonl", "{\"id\": \"a\"}\n{\"id\": \n", "id");
     assert!(!ok);
-    assert!(stderr.contains("bad.jsonl") && stderr.contains("line 2"), "{stderr}");
+    assert!(stderr.contains("bad.jsonl"), "{stderr}");
+    assert!(stderr.contains("line 2"), "{stderr}");
 }
 
 #[test]
 fn missing_key_field_is_reported() {
     let (ok, _, stderr) = run_with_input("events.csv", "name,size\na,1\n", "id");
     assert!(!ok);
-    assert!(stderr.contains("events.csv") && stderr.contains("\"id\""), "{stderr}");
+    assert!(stderr.contains("events.csv"), "{stderr}");
+    assert!(stderr.contains("\"id\""), "{stderr}");
 }
 
 #[test]
@@ -108,8 +111,10 @@ fn run_loads_and_dumps_table() {
     let mut lines: Vec<&str> = stdout.lines().collect();
     lines.sort();
     assert_eq!(lines.len(), 2);
-    assert!(lines[0].starts_with(r#"{"key":"a","partition":"#) && lines[0].ends_with(r#","value":2}"#), "{}", lines[0]);
-    assert!(lines[1].starts_with(r#"{"key":"b","partition":"#) && lines[1].ends_with(r#","value":1}"#), "{}", lines[1]);
+    assert!(lines[0].starts_with(r#"{"key":"a","partition":"#), "{}", lines[0]);
+    assert!(lines[0].ends_with(r#","value":2}"#), "{}", lines[0]);
+    assert!(lines[1].starts_with(r#"{"key":"b","partition":"#), "{}", lines[1]);
+    assert!(lines[1].ends_with(r#","value":1}"#), "{}", lines[1]);
 
     let (ok, stdout, _) = tablehost(&["table", "get", "--config", "app.toml", "counts", "a"], dir.path());
     assert!(ok);

@@ -1,7 +1,7 @@
-//! Agent guards with the `misbehave` component: traps, CPU and memory
-//! bounds, stack overflow and agent errors go to the dead-letter topic
-//! while the next events are handled; undeclared tables and topics and
-//! oversized values return errors to the guest.
+//! Agent guards with the `misbehave` component. Traps, CPU and memory
+//! bounds, stack overflow and agent errors send the event to the
+//! dead-letter topic, and the next events are handled. Undeclared tables
+//! and topics and oversized values return errors to the guest.
 
 use tablehost::config::Config;
 use tablehost::worker::RunSummary;

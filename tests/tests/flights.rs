@@ -79,7 +79,7 @@ fn flight_delays_sample_is_exact() {
         assert_eq!(record.key.as_deref(), Some(flight["origin"].as_str().unwrap().as_bytes()));
     }
 
-    // The changelog holds the same final value per key as the table.
+    // The changelog contains the same final value per key as the table.
     let changelog = harness.records("flights-test-delays_by_origin-changelog");
     let mut last = std::collections::BTreeMap::new();
     for record in changelog {

@@ -43,8 +43,8 @@ pub struct OutputRecord {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-/// What the agent declared: its tables and output topics, fixed for the
-/// agent's life.
+/// The agent's declared tables and output topics, fixed for the agent's
+/// life.
 #[derive(Debug)]
 pub struct AgentGrants {
     /// The agent name, for logs.
@@ -193,7 +193,7 @@ impl output::Host for HostState {
     }
 }
 
-/// The longest log message an agent may write, in bytes.
+/// The maximum length of an agent's log message, in bytes.
 const MAX_LOG_BYTES: usize = 4096;
 
 impl log::Host for HostState {

@@ -6,10 +6,10 @@
 //! instance.
 //!
 //! A batch of events goes into the component in one call. If the call
-//! traps or returns an error, the batch's effects are discarded, the
-//! instance is thrown away (a trapped instance is never entered again), and
-//! the events are handled one by one on fresh instances; each event that
-//! still fails becomes a [`DeadLetter`]. Limits per instance: linear memory
+//! traps or returns an error, the batch's effects are discarded. A trapped
+//! instance is thrown away and never entered again. The batch's events are
+//! then handled one by one on fresh instances, and each event that still
+//! fails becomes a [`DeadLetter`]. Limits per instance: linear memory
 //! (`memory_mib`) through a `StoreLimits` limiter, and CPU time through an
 //! epoch deadline of `cpu_ms_per_event` one-millisecond ticks per event.
 

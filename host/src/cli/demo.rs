@@ -1,11 +1,13 @@
 //! `tablehost demo`: the flights job end to end on the embedded cluster.
 //!
-//! Phases: load the Parquet file into the source topic while the agent
-//! consumes it; print the 10 origins with the highest average delay; check
-//! the table and the number of `long-delays` records against an
-//! independent computation over the same file; delete the RocksDB state,
-//! recover it from the changelog, and check the recovered table equals the
-//! one before.
+//! The demo runs in four phases:
+//!
+//! 1. Load the Parquet file into the source topic while the agent consumes it.
+//! 2. Print the 10 origins with the highest average delay.
+//! 3. Check the table and the number of `long-delays` records against an
+//!    independent computation over the same file.
+//! 4. Delete the RocksDB state, recover it from the changelog, and check that
+//!    the recovered table equals the one before.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -27,7 +27,7 @@ pub(crate) enum TableCommand {
         /// The table name.
         table: String,
     },
-    /// Print the entry of one key (UTF-8) in every partition that holds it.
+    /// Print the entry of one key (UTF-8) in every partition that contains it.
     Get {
         /// The application config.
         #[arg(long, short)]

@@ -146,7 +146,7 @@ pub struct RetentionLedger {
 
 impl RetentionLedger {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u32), Usage>> {
-        // The map only holds counters, which stay valid after a panic.
+        // The map contains only counters, which stay valid after a panic.
         self.usage.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -39,7 +39,7 @@ impl std::fmt::Debug for Kafka {
     }
 }
 
-/// What a created topic is for; changelogs are compacted.
+/// The purpose of a created topic, which sets its cleanup policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicKind {
     /// A source, output or dead-letter topic with the cluster's default
@@ -80,9 +80,9 @@ impl Kafka {
         for (key, value) in &properties {
             config.set(key, value);
         }
-        // Metadata requests from a producer-type client (the admin client is
-        // one) would otherwise create a missing topic with the broker's
-        // default partition count; topics are created explicitly instead.
+        // The admin client is a producer-type client, whose metadata requests
+        // would create a missing topic with the broker's default partition
+        // count. Topics are created explicitly instead.
         config.set("allow.auto.create.topics", "false");
         let admin: AdminClient<DefaultClientContext> = config
             .create()
@@ -116,7 +116,7 @@ impl Kafka {
     ///
     /// # Errors
     ///
-    /// Fails when the cluster does not answer within [`REQUEST_TIMEOUT`].
+    /// Fails when the cluster does not respond within [`REQUEST_TIMEOUT`].
     pub fn partition_count(&self, topic: &str) -> anyhow::Result<Option<u32>> {
         let metadata = self
             .admin
@@ -190,7 +190,7 @@ impl Kafka {
     ///
     /// # Errors
     ///
-    /// Fails when the cluster does not answer within [`REQUEST_TIMEOUT`].
+    /// Fails when the cluster does not respond within [`REQUEST_TIMEOUT`].
     pub fn watermarks(&self, topic: &str, partition: u32) -> anyhow::Result<(i64, i64)> {
         self.admin
             .inner()

@@ -11,7 +11,7 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
     (murmur2(key) & 0x7fff_ffff) % partitions
 }
 
-/// The 32-bit murmur2 hash with Kafka's seed.
+/// Computes the 32-bit murmur2 hash with Kafka's seed.
 pub fn murmur2(data: &[u8]) -> u32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;

@@ -111,7 +111,7 @@ pub enum StoreError {
     Open {
         /// The table the store belongs to.
         table: String,
-        /// Where the store lives.
+        /// The store's directory or other location.
         path: String,
         /// The backend's message, with the remedy where one is known.
         message: String,

@@ -1,6 +1,6 @@
 //! A RocksDB store on local disk: one database per table.
 //!
-//! Layout: the `default` column family holds the data, each key prefixed by
+//! Layout: the `default` column family contains the data, each key prefixed by
 //! its partition as 4 big-endian bytes, so one partition is one contiguous
 //! key range and dropping a partition is one range delete. The
 //! `changelog_offsets` column family maps the same 4-byte partition to the
