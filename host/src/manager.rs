@@ -192,3 +192,76 @@ impl TableManager {
         Ok(stats)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_rejects_sources_with_different_partition_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
+        let text = r#"
+            app_id = "app"
+            state_dir = "state"
+            [[agents]]
+            name = "a"
+            component = "a.wasm"
+            sources = ["left", "right"]
+            tables = ["t"]
+            [[tables]]
+            name = "t"
+            store = "memory"
+        "#;
+        let config = Config::parse(text, Path::new("app.toml"), dir.path()).unwrap();
+        let kafka = Kafka::embedded(Default::default()).unwrap();
+        let partitions: HashMap<String, u32> = [("left".to_owned(), 2), ("right".to_owned(), 3)].into_iter().collect();
+        let error = TableManager::open(&config, &kafka, &partitions).err().unwrap().to_string();
+        assert_eq!(
+            error,
+            "table t: source topics left (2 partitions) and right (3 partitions) differ; agents sharing a \
+             table must consume topics with the same partition count"
+        );
+    }
+
+    #[test]
+    fn manager_rejects_changelog_with_other_partition_count() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
+        let text = "app_id = \"app\"\nstate_dir = \"state\"\n[[agents]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\
+                    sources = [\"in\"]\ntables = [\"t\"]\n[[tables]]\nname = \"t\"\nstore = \"memory\"\n";
+        let config = Config::parse(text, Path::new("app.toml"), dir.path()).unwrap();
+        let kafka = Kafka::embedded(Default::default()).unwrap();
+        kafka.ensure_topic("app-t-changelog", 5, TopicKind::Changelog).unwrap();
+        let partitions: HashMap<String, u32> = [("in".to_owned(), 4)].into_iter().collect();
+        let error = TableManager::open(&config, &kafka, &partitions).err().unwrap().to_string();
+        assert_eq!(
+            error,
+            "kafka: topic app-t-changelog has 5 partitions but 4 are required; delete the topic or recreate it with 4 partitions"
+        );
+    }
+
+    #[test]
+    fn manager_flush_refuses_what_embedded_cluster_would_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
+        let text = "app_id = \"app\"\nstate_dir = \"state\"\n[[agents]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\
+                    sources = [\"in\"]\ntables = [\"t\"]\n[[tables]]\nname = \"t\"\nstore = \"memory\"\n";
+        let config = Config::parse(text, Path::new("app.toml"), dir.path()).unwrap();
+        let kafka = Kafka::embedded(Default::default()).unwrap();
+        let partitions: HashMap<String, u32> = [("in".to_owned(), 1)].into_iter().collect();
+        let manager = TableManager::open(&config, &kafka, &partitions).unwrap();
+        let producer = TrackedProducer::new(&kafka).unwrap();
+
+        // 40,000 dirty keys of about 200 bytes each exceed the 5 MiB the
+        // embedded cluster keeps of a partition.
+        let table = &manager.tables()["t"];
+        for i in 0..40_000 {
+            table.put(0, format!("key-{i:08}").into_bytes(), Some(vec![b'v'; 100]));
+        }
+        let error = manager.flush(&kafka, &producer).unwrap_err().to_string();
+        assert!(error.starts_with("embedded cluster: topic app-t-changelog partition 0 would hold "), "{error}");
+        assert!(error.ends_with("run against a real broker (set `brokers` in the config) for data of this size"), "{error}");
+        assert_eq!(kafka.watermarks("app-t-changelog", 0).unwrap(), (0, 0));
+    }
+}

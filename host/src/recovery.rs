@@ -157,3 +157,63 @@ pub fn recover_partition(kafka: &Kafka, table: &Table, partition: Partition) -> 
     );
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::kafka::producer::TrackedProducer;
+    use crate::kafka::TopicKind;
+    use crate::store::{MemoryStore, Store};
+
+    fn changelog_with(kafka: &Kafka, records: &[(&[u8], Option<&[u8]>)]) -> Table {
+        kafka.ensure_topic("app-t-changelog", 1, TopicKind::Changelog).unwrap();
+        let producer = TrackedProducer::new(kafka).unwrap();
+        for (key, value) in records {
+            producer.send("app-t-changelog", Some(0), Some(key), *value, &[]).unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        Table::new("t", "app-t-changelog", Arc::new(MemoryStore::new()))
+    }
+
+    #[test]
+    fn recovery_replays_records_and_tombstones() {
+        let kafka = Kafka::embedded(Default::default()).unwrap();
+        let table = changelog_with(&kafka, &[(b"a", Some(b"1")), (b"b", Some(b"2")), (b"a", None)]);
+        let report = recover_partition(&kafka, &table, 0).unwrap();
+        assert_eq!(report.replayed, 3);
+        assert_eq!(report.from_offset, 0);
+        assert_eq!(report.to_offset, 3);
+        assert_eq!(table.store().get(0, b"a").unwrap(), None);
+        assert_eq!(table.store().get(0, b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(table.store().changelog_offset(0).unwrap(), Some(3));
+
+        // A second recovery finds nothing new.
+        assert_eq!(recover_partition(&kafka, &table, 0).unwrap().replayed, 0);
+    }
+
+    #[test]
+    fn recovery_of_empty_changelog_sets_offset() {
+        let kafka = Kafka::embedded(Default::default()).unwrap();
+        let table = changelog_with(&kafka, &[]);
+        let report = recover_partition(&kafka, &table, 0).unwrap();
+        assert_eq!(report.replayed, 0);
+        assert_eq!(table.store().changelog_offset(0).unwrap(), Some(0));
+    }
+
+    #[test]
+    fn recovery_rejects_offset_past_changelog_end() {
+        let kafka = Kafka::embedded(Default::default()).unwrap();
+        let table = changelog_with(&kafka, &[(b"a", Some(b"1"))]);
+        table.store().apply_changelog(0, &[], 10).unwrap();
+        let error = recover_partition(&kafka, &table, 0).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "recovery: table t partition 0 has applied the changelog up to offset 10, but changelog \
+             app-t-changelog ends at offset 1; the topic was probably deleted and recreated. Delete the \
+             table's state directory to rebuild it from the changelog"
+        );
+    }
+}

@@ -155,7 +155,8 @@ impl Kafka {
             // NOTE: the embedded cluster has no topic configs, so a changelog
             // there is not compacted; the embedded module's retention guard
             // covers the consequences.
-            return cluster.create_topic(topic, partitions);
+            cluster.create_topic(topic, partitions)?;
+            return self.wait_until_visible(topic);
         }
 
         let mut new_topic = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(-1));
@@ -175,10 +176,15 @@ impl Kafka {
                 Err((name, code)) => bail!("kafka: failed to create topic {name}: {code}"),
             }
         }
-        // Metadata propagates asynchronously; wait until the topic is visible
-        // so callers can subscribe or produce right away.
+        self.wait_until_visible(topic)
+    }
+
+    /// Waits until a created topic appears in metadata with a leader for
+    /// every partition, so callers can produce and fetch watermarks right
+    /// away; metadata propagates asynchronously on both kinds of cluster.
+    fn wait_until_visible(&self, topic: &str) -> anyhow::Result<()> {
         for _ in 0..100 {
-            if self.partition_count(topic)?.is_some() {
+            if self.partition_count(topic)?.is_some() && self.watermarks(topic, 0).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
