@@ -36,7 +36,9 @@ use tablehost::worker::{run, RunOptions, Shutdown};
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().collect();
@@ -48,7 +50,11 @@ fn main() -> anyhow::Result<()> {
         .context("usage: pipeline --data build/data/flights-3m.parquet")?;
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let component = root.join("build/plugins/flight_delays.wasm");
-    anyhow::ensure!(component.is_file(), "{} is missing; run `make plugins`", component.display());
+    anyhow::ensure!(
+        component.is_file(),
+        "{} is missing; run `make plugins`",
+        component.display()
+    );
     let scratch = tempfile::tempdir()?;
 
     let e2e = end_to_end(&data, &component, scratch.path())?;
@@ -75,9 +81,21 @@ fn end_to_end(data: &Path, component: &Path, scratch: &Path) -> anyhow::Result<f
     let ends = Arc::new(Mutex::new(None));
     let shutdown = Arc::new(Shutdown::default());
     let loader = {
-        let (kafka, ends, data, shutdown) = (kafka.clone(), ends.clone(), data.to_owned(), shutdown.clone());
+        let (kafka, ends, data, shutdown) = (
+            kafka.clone(),
+            ends.clone(),
+            data.to_owned(),
+            shutdown.clone(),
+        );
         std::thread::spawn(move || -> anyhow::Result<u64> {
-            let options = FeedOptions { path: &data, format: None, key_field: "origin", topic: "flights", partitions: 8, progress: false };
+            let options = FeedOptions {
+                path: &data,
+                format: None,
+                key_field: "origin",
+                topic: "flights",
+                partitions: 8,
+                progress: false,
+            };
             let result = feed(&kafka, &options);
             match &result {
                 Ok(summary) => *ends.lock().unwrap() = Some(summary.end_offsets.clone()),
@@ -86,7 +104,11 @@ fn end_to_end(data: &Path, component: &Path, scratch: &Path) -> anyhow::Result<f
             Ok(result?.records)
         })
     };
-    let options = RunOptions { stop_at_end: true, end_offsets: Some(ends), ..Default::default() };
+    let options = RunOptions {
+        stop_at_end: true,
+        end_offsets: Some(ends),
+        ..Default::default()
+    };
     let summary = run(&config, kafka, shutdown, options)?;
     let records = loader.join().expect("loader thread")?;
     let rate = summary.events as f64 / summary.processing_seconds;
@@ -104,7 +126,14 @@ fn bare_loop(data: &Path) -> anyhow::Result<f64> {
     let loader = {
         let (kafka, data) = (kafka.clone(), data.to_owned());
         std::thread::spawn(move || -> anyhow::Result<u64> {
-            let options = FeedOptions { path: &data, format: None, key_field: "origin", topic: "bare-in", partitions: 8, progress: false };
+            let options = FeedOptions {
+                path: &data,
+                format: None,
+                key_field: "origin",
+                topic: "bare-in",
+                partitions: 8,
+                progress: false,
+            };
             Ok(feed(&kafka, &options)?.records)
         })
     };
@@ -128,15 +157,27 @@ fn bare_loop(data: &Path) -> anyhow::Result<f64> {
         if let Some(message) = consumer.poll(Duration::from_millis(10)) {
             let message = message?;
             started.get_or_insert_with(Instant::now);
-            producer.send("bare-out", Some(message.partition()), message.key(), message.payload(), &[])?;
+            producer.send(
+                "bare-out",
+                Some(message.partition()),
+                message.key(),
+                message.payload(),
+                &[],
+            )?;
             let entry = pending.entry(message.partition()).or_default();
-            entry.0 += record_footprint(message.key().map_or(0, <[u8]>::len), message.payload().map_or(0, <[u8]>::len), 0);
+            entry.0 += record_footprint(
+                message.key().map_or(0, <[u8]>::len),
+                message.payload().map_or(0, <[u8]>::len),
+                0,
+            );
             entry.1 += 1;
             handled += 1;
         }
         // Commit on time even when no record arrived, because the loader
         // may be waiting for the room a commit releases.
-        if !pending.is_empty() && (last_commit.elapsed() > Duration::from_secs(1) || handled == expected) {
+        if !pending.is_empty()
+            && (last_commit.elapsed() > Duration::from_secs(1) || handled == expected)
+        {
             // The same commit step as the worker's: outputs acknowledged,
             // then source offsets, then room for the loader.
             producer.flush(Duration::from_secs(60))?;
@@ -149,7 +190,10 @@ fn bare_loop(data: &Path) -> anyhow::Result<f64> {
     }
     let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());
     let loaded = loader.join().expect("loader thread")?;
-    anyhow::ensure!(handled == loaded, "bare loop handled {handled} of {loaded} records");
+    anyhow::ensure!(
+        handled == loaded,
+        "bare loop handled {handled} of {loaded} records"
+    );
     let rate = handled as f64 / seconds;
     println!("bare: {rate:.0} events/s ({handled} events, {seconds:.1} s)");
     Ok(rate)
@@ -164,12 +208,26 @@ fn recovery(scratch: &Path) -> anyhow::Result<()> {
     let producer = TrackedProducer::new(&kafka)?;
     for i in 0..RECORDS {
         let key = format!("key-{:08}", i % 200_000);
-        let value = format!("{{\"flights\":{i},\"delay_total\":{},\"delay_max\":{}}}", i * 7, i % 900);
-        producer.send(topic, Some((i % PARTITIONS as u64) as i32), Some(key.as_bytes()), Some(value.as_bytes()), &[])?;
+        let value = format!(
+            "{{\"flights\":{i},\"delay_total\":{},\"delay_max\":{}}}",
+            i * 7,
+            i % 900
+        );
+        producer.send(
+            topic,
+            Some((i % PARTITIONS as u64) as i32),
+            Some(key.as_bytes()),
+            Some(value.as_bytes()),
+            &[],
+        )?;
     }
     producer.flush(Duration::from_secs(120))?;
 
-    let store = Arc::new(RocksStore::open("bench", &scratch.join("recovery"), &RocksOptions::default())?);
+    let store = Arc::new(RocksStore::open(
+        "bench",
+        &scratch.join("recovery"),
+        &RocksOptions::default(),
+    )?);
     let table = Table::new("bench", topic, store);
     let started = Instant::now();
     let mut replayed = 0;
@@ -206,7 +264,11 @@ fn wasm_call(component: &Path, scratch: &Path) -> anyhow::Result<()> {
         "name = \"flight-delays\"\ncomponent = {:?}\nsources = [\"flights\"]\noutputs = [\"long-delays\"]\ntables = [\"delays_by_origin\"]\n",
         component.display().to_string()
     ))?;
-    let table = Arc::new(Table::new("delays_by_origin", "unused", Arc::new(MemoryStore::new())));
+    let table = Arc::new(Table::new(
+        "delays_by_origin",
+        "unused",
+        Arc::new(MemoryStore::new()),
+    ));
     let mut agent = runtime.load(&agent_config, vec![table])?;
 
     // A warm-up call instantiates the component.
@@ -231,14 +293,22 @@ fn table_write(scratch: &Path) -> anyhow::Result<()> {
     let value = br#"{"flights":12,"delay_total":345,"delay_max":67}"#.to_vec();
     let started = Instant::now();
     for i in 0..WRITES {
-        table.put(0, format!("key-{}", i % 1000).into_bytes(), Some(value.clone()));
+        table.put(
+            0,
+            format!("key-{}", i % 1000).into_bytes(),
+            Some(value.clone()),
+        );
     }
     let per_write = started.elapsed().as_secs_f64() * 1e9 / WRITES as f64;
     println!("table: {per_write:.0} ns per write into the write cache (1000 distinct keys)");
 
     let store = RocksStore::open("bench", &scratch.join("writes"), &RocksOptions::default())?;
-    let batch: Vec<ChangelogRecord> =
-        (0..10_000).map(|i| ChangelogRecord { key: format!("key-{i:08}").into_bytes(), value: Some(value.clone()) }).collect();
+    let batch: Vec<ChangelogRecord> = (0..10_000)
+        .map(|i| ChangelogRecord {
+            key: format!("key-{i:08}").into_bytes(),
+            value: Some(value.clone()),
+        })
+        .collect();
     let started = Instant::now();
     for round in 0..100 {
         store.apply_changelog(0, &batch, (round + 1) * 10_000)?;

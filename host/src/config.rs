@@ -97,7 +97,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { cpu_ms_per_event: 200, memory_mib: 64, max_key_bytes: 4096, max_value_bytes: 1024 * 1024 }
+        Self {
+            cpu_ms_per_event: 200,
+            memory_mib: 64,
+            max_key_bytes: 4096,
+            max_value_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -139,12 +144,14 @@ fn default_batch_size() -> usize {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("config {path}: cannot read the file: {source}")]
+    // The I/O error is part of the message and deliberately not a
+    // `source`, so reports that print the error chain show it once.
+    #[error("config {path}: cannot read the file: {error}")]
     Read {
         /// The config file.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not valid TOML or does not match the config schema.
     #[error("config {path}: {message}")]
@@ -175,8 +182,10 @@ impl Config {
     /// Returns a [`ConfigError`] naming the key and the fix when the file is
     /// unreadable, malformed or invalid.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, path, base)
     }
@@ -188,8 +197,10 @@ impl Config {
     ///
     /// As [`Config::load`].
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim_end().to_owned() })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
         for agent in &mut config.agents {
             if agent.component.is_relative() {
                 agent.component = base.join(&agent.component);
@@ -206,7 +217,9 @@ impl Config {
 
     /// Returns the state directory, applying the default.
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(|| PathBuf::from(".tablehost").join(&self.app_id))
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".tablehost").join(&self.app_id))
     }
 
     /// Returns the changelog topic of `table`.
@@ -220,16 +233,26 @@ impl Config {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ConfigError> {
-        let invalid = |key: String, message: String| ConfigError::Invalid { path: path.to_owned(), key, message };
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
 
         check_name(&self.app_id).map_err(|m| invalid("app_id".into(), m))?;
         if let Some(brokers) = &self.brokers {
             if brokers.trim().is_empty() {
-                return Err(invalid("brokers".into(), "is empty; remove the key to use the embedded cluster, or set host:port".into()));
+                return Err(invalid(
+                    "brokers".into(),
+                    "is empty; remove the key to use the embedded cluster, or set host:port".into(),
+                ));
             }
         }
         if self.commit_interval_ms == 0 {
-            return Err(invalid("commit_interval_ms".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "commit_interval_ms".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.batch_size == 0 {
             return Err(invalid("batch_size".into(), "must be at least 1".into()));
@@ -237,21 +260,36 @@ impl Config {
         for (i, topic) in self.topics.iter().enumerate() {
             check_topic(&topic.name).map_err(|m| invalid(format!("topics[{i}].name"), m))?;
             if topic.partitions == 0 {
-                return Err(invalid(format!("topics[{i}].partitions"), "must be at least 1".into()));
+                return Err(invalid(
+                    format!("topics[{i}].partitions"),
+                    "must be at least 1".into(),
+                ));
             }
         }
         if self.agents.is_empty() {
-            return Err(invalid("agents".into(), "no agent is configured; add an [[agents]] section".into()));
+            return Err(invalid(
+                "agents".into(),
+                "no agent is configured; add an [[agents]] section".into(),
+            ));
         }
 
         let mut tables = BTreeSet::new();
         for (i, table) in self.tables.iter().enumerate() {
             check_name(&table.name).map_err(|m| invalid(format!("tables[{i}].name"), m))?;
             if !tables.insert(table.name.as_str()) {
-                return Err(invalid(format!("tables[{i}].name"), format!("table {:?} is declared twice; give each table a unique name", table.name)));
+                return Err(invalid(
+                    format!("tables[{i}].name"),
+                    format!(
+                        "table {:?} is declared twice; give each table a unique name",
+                        table.name
+                    ),
+                ));
             }
             if table.rocksdb.write_buffer_mib == 0 {
-                return Err(invalid(format!("tables[{i}].rocksdb.write_buffer_mib"), "must be at least 1".into()));
+                return Err(invalid(
+                    format!("tables[{i}].rocksdb.write_buffer_mib"),
+                    "must be at least 1".into(),
+                ));
             }
         }
 
@@ -260,13 +298,22 @@ impl Config {
             let key = |field: &str| format!("agents[{i}].{field}");
             check_name(&agent.name).map_err(|m| invalid(key("name"), m))?;
             if !agents.insert(agent.name.as_str()) {
-                return Err(invalid(key("name"), format!("agent {:?} is declared twice; give each agent a unique name", agent.name)));
+                return Err(invalid(
+                    key("name"),
+                    format!(
+                        "agent {:?} is declared twice; give each agent a unique name",
+                        agent.name
+                    ),
+                ));
             }
             if !agent.component.is_file() {
                 return Err(invalid(key("component"), format!("file {} not found; build the agent (`make plugins`) or fix the path, which is relative to the config file", agent.component.display())));
             }
             if agent.sources.is_empty() {
-                return Err(invalid(key("sources"), "is empty; list at least one topic to consume".into()));
+                return Err(invalid(
+                    key("sources"),
+                    "is empty; list at least one topic to consume".into(),
+                ));
             }
             for topic in agent.sources.iter().chain(&agent.outputs) {
                 check_topic(topic).map_err(|m| invalid(key("sources/outputs"), m))?;
@@ -284,7 +331,10 @@ impl Config {
                 ("max_value_bytes", limits.max_value_bytes),
             ] {
                 if value == 0 {
-                    return Err(invalid(key(&format!("limits.{field}")), "must be at least 1".into()));
+                    return Err(invalid(
+                        key(&format!("limits.{field}")),
+                        "must be at least 1".into(),
+                    ));
                 }
             }
         }
@@ -305,8 +355,13 @@ fn check_topic(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 200 {
         return Err(format!("{name:?} must be 1 to 200 characters long"));
     }
-    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(format!("{name:?} contains {bad:?}; use only letters, digits, '.', '_' or '-'"));
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{name:?} contains {bad:?}; use only letters, digits, '.', '_' or '-'"
+        ));
     }
     Ok(())
 }
@@ -365,7 +420,10 @@ mod tests {
     fn config_missing_component_names_path() {
         let dir = tempfile::tempdir().unwrap();
         let error = parse(valid_text(), dir.path()).unwrap_err().to_string();
-        assert!(error.starts_with("config app.toml: agents[0].component: file "), "{error}");
+        assert!(
+            error.starts_with("config app.toml: agents[0].component: file "),
+            "{error}"
+        );
         assert!(error.contains("agent.wasm not found"), "{error}");
     }
 
@@ -388,9 +446,15 @@ mod tests {
     #[test]
     fn config_zero_limit_is_rejected() {
         let dir = dir_with_component();
-        let text = format!("{}\n[agents.limits]\nmemory_mib = 0\n", valid_text().replace("[[tables]]\n            name = \"counts\"", ""));
+        let text = format!(
+            "{}\n[agents.limits]\nmemory_mib = 0\n",
+            valid_text().replace("[[tables]]\n            name = \"counts\"", "")
+        );
         let text = format!("{text}\n[[tables]]\nname = \"counts\"\n");
         let error = parse(&text, dir.path()).unwrap_err().to_string();
-        assert_eq!(error, "config app.toml: agents[0].limits.memory_mib: must be at least 1");
+        assert_eq!(
+            error,
+            "config app.toml: agents[0].limits.memory_mib: must be at least 1"
+        );
     }
 }

@@ -66,14 +66,21 @@ pub fn feed(kafka: &Kafka, options: &FeedOptions<'_>) -> anyhow::Result<FeedSumm
     };
     let mut rows = read_rows(options.path, format, options.key_field)?;
     kafka.ensure_topic(options.topic, options.partitions, TopicKind::Plain)?;
-    let partitions = kafka
-        .partition_count(options.topic)?
-        .with_context(|| format!("load: topic {} is not visible after creation", options.topic))?;
+    let partitions = kafka.partition_count(options.topic)?.with_context(|| {
+        format!(
+            "load: topic {} is not visible after creation",
+            options.topic
+        )
+    })?;
     let producer = TrackedProducer::new(kafka)?;
 
     // The reader advances the bar itself; indicatif hides it when stderr is
     // not a terminal.
-    let bar = if options.progress { rows.progress_bar() } else { ProgressBar::hidden() };
+    let bar = if options.progress {
+        rows.progress_bar()
+    } else {
+        ProgressBar::hidden()
+    };
     tracing::info!(path = %options.path.display(), topic = options.topic, partitions, ?format, "load: starting");
 
     let started = Instant::now();
@@ -84,21 +91,43 @@ pub fn feed(kafka: &Kafka, options: &FeedOptions<'_>) -> anyhow::Result<FeedSumm
         let partition = partition_for_key(&row.key, partitions);
         if let Some(cluster) = kafka.embedded_cluster() {
             let bytes = record_footprint(row.key.len(), row.value.len(), 0);
-            cluster.ledger().wait_for_room(options.topic, partition, bytes, ROOM_TIMEOUT)?;
+            cluster
+                .ledger()
+                .wait_for_room(options.topic, partition, bytes, ROOM_TIMEOUT)?;
         }
-        producer.send(options.topic, Some(partition as i32), Some(&row.key), Some(&row.value), &[])?;
+        producer.send(
+            options.topic,
+            Some(partition as i32),
+            Some(&row.key),
+            Some(&row.value),
+            &[],
+        )?;
         summary.records += 1;
-        if !options.progress && summary.records % 4096 == 0 && last_log.elapsed() > Duration::from_secs(5) {
+        if !options.progress
+            && summary.records % 4096 == 0
+            && last_log.elapsed() > Duration::from_secs(5)
+        {
             last_log = Instant::now();
-            tracing::info!(records = summary.records, topic = options.topic, "load: progress");
+            tracing::info!(
+                records = summary.records,
+                topic = options.topic,
+                "load: progress"
+            );
         }
     }
-    let acknowledged = producer.flush(Duration::from_secs(120)).context("load: records were not acknowledged")?;
+    let acknowledged = producer
+        .flush(Duration::from_secs(120))
+        .context("load: records were not acknowledged")?;
     bar.finish_and_clear();
     for ((topic, partition), offset) in acknowledged {
         summary.end_offsets.insert((topic, partition), offset + 1);
     }
     summary.seconds = started.elapsed().as_secs_f64();
-    tracing::info!(records = summary.records, topic = options.topic, seconds = summary.seconds, "load: finished");
+    tracing::info!(
+        records = summary.records,
+        topic = options.topic,
+        seconds = summary.seconds,
+        "load: finished"
+    );
     Ok(summary)
 }

@@ -57,6 +57,8 @@ pub struct TableManager {
     tables: BTreeMap<String, Arc<Table>>,
     /// Source topic to the tables whose partitions follow it.
     tables_by_source: HashMap<String, Vec<Arc<Table>>>,
+    /// State directories of the RocksDB tables, for error messages.
+    table_dirs: HashMap<String, std::path::PathBuf>,
 }
 
 impl TableManager {
@@ -69,15 +71,27 @@ impl TableManager {
     /// Fails when a store cannot be opened, when the source topics of one
     /// table have different partition counts, or when a changelog topic
     /// exists with another partition count.
-    pub fn open(config: &Config, kafka: &Kafka, source_partitions: &HashMap<String, u32>) -> anyhow::Result<Self> {
+    pub fn open(
+        config: &Config,
+        kafka: &Kafka,
+        source_partitions: &HashMap<String, u32>,
+    ) -> anyhow::Result<Self> {
         let state_dir = config.state_dir();
         let mut tables = BTreeMap::new();
         let mut tables_by_source: HashMap<String, Vec<Arc<Table>>> = HashMap::new();
+        let mut table_dirs = HashMap::new();
         for table_config in &config.tables {
             let name = &table_config.name;
+            if table_config.store == StoreKind::Rocksdb {
+                table_dirs.insert(name.clone(), table_dir(&state_dir, name));
+            }
             let store: Arc<dyn Store> = match table_config.store {
                 StoreKind::Memory => Arc::new(MemoryStore::new()),
-                StoreKind::Rocksdb => Arc::new(RocksStore::open(name, &table_dir(&state_dir, name), &table_config.rocksdb)?),
+                StoreKind::Rocksdb => Arc::new(RocksStore::open(
+                    name,
+                    &table_dir(&state_dir, name),
+                    &table_config.rocksdb,
+                )?),
             };
             let changelog = config.changelog_topic(name);
             let table = Arc::new(Table::new(name, &changelog, store));
@@ -110,7 +124,11 @@ impl TableManager {
             tracing::info!(table = %name, store = ?table_config.store, changelog = %changelog, "manager.open: table opened");
             tables.insert(name.clone(), table);
         }
-        Ok(Self { tables, tables_by_source })
+        Ok(Self {
+            tables,
+            tables_by_source,
+            table_dirs,
+        })
     }
 
     /// Returns every table by name.
@@ -124,14 +142,27 @@ impl TableManager {
     /// # Errors
     ///
     /// Fails when recovery fails; see [`recover_partition`].
-    pub fn assign(&self, kafka: &Kafka, topic: &str, partition: Partition) -> anyhow::Result<Vec<RecoveryReport>> {
+    pub fn assign(
+        &self,
+        kafka: &Kafka,
+        topic: &str,
+        partition: Partition,
+    ) -> anyhow::Result<Vec<RecoveryReport>> {
         let mut reports = Vec::new();
         for table in self.tables_by_source.get(topic).into_iter().flatten() {
             if table.is_active(partition) {
                 continue;
             }
-            let report = recover_partition(kafka, table, partition)
-                .with_context(|| format!("recovery of table {} partition {partition} failed", table.name()))?;
+            let report = recover_partition(kafka, table, partition).with_context(|| match self
+                .table_dirs
+                .get(table.name())
+            {
+                Some(dir) => format!(
+                    "recovery failed; the table's state directory is {}",
+                    dir.display()
+                ),
+                None => "recovery failed".to_owned(),
+            })?;
             table.activate(partition);
             reports.push(report);
         }
@@ -164,31 +195,55 @@ impl TableManager {
                 if let Some(cluster) = kafka.embedded_cluster() {
                     let bytes = records
                         .iter()
-                        .map(|r| record_footprint(r.key.len(), r.value.as_ref().map_or(0, Vec::len), 0))
+                        .map(|r| {
+                            record_footprint(r.key.len(), r.value.as_ref().map_or(0, Vec::len), 0)
+                        })
                         .sum();
-                    cluster.ledger().reserve(table.changelog_topic(), partition, bytes, records.len() as u64)?;
+                    cluster.ledger().reserve(
+                        table.changelog_topic(),
+                        partition,
+                        bytes,
+                        records.len() as u64,
+                    )?;
                 }
                 for record in &records {
-                    producer.send(table.changelog_topic(), Some(partition as i32), Some(&record.key), record.value.as_deref(), &[])?;
+                    producer.send(
+                        table.changelog_topic(),
+                        Some(partition as i32),
+                        Some(&record.key),
+                        record.value.as_deref(),
+                        &[],
+                    )?;
                 }
                 stats.changelog_records += records.len() as u64;
                 pending.push((table, partition, records));
             }
         }
 
-        let acknowledged = producer.flush(FLUSH_TIMEOUT).context("commit: records were not acknowledged")?;
+        let acknowledged = producer
+            .flush(FLUSH_TIMEOUT)
+            .context("commit: records were not acknowledged")?;
 
         for (table, partition, records) in &pending {
             let key = (table.changelog_topic().to_owned(), *partition as i32);
             let Some(last) = acknowledged.get(&key) else {
-                bail!("commit: no acknowledgement for changelog {}/{partition}", table.changelog_topic());
+                bail!(
+                    "commit: no acknowledgement for changelog {}/{partition}",
+                    table.changelog_topic()
+                );
             };
-            table.store().apply_changelog(*partition, records, last + 1)?;
+            table
+                .store()
+                .apply_changelog(*partition, records, last + 1)?;
         }
         for table in self.tables.values() {
             table.store().persist()?;
         }
-        tracing::debug!(changelog_records = stats.changelog_records, seconds = started.elapsed().as_secs_f64(), "commit: changelog and stores durable");
+        tracing::debug!(
+            changelog_records = stats.changelog_records,
+            seconds = started.elapsed().as_secs_f64(),
+            "commit: changelog and stores durable"
+        );
         Ok(stats)
     }
 }
@@ -215,8 +270,13 @@ mod tests {
         "#;
         let config = Config::parse(text, Path::new("app.toml"), dir.path()).unwrap();
         let kafka = Kafka::embedded(Default::default()).unwrap();
-        let partitions: HashMap<String, u32> = [("left".to_owned(), 2), ("right".to_owned(), 3)].into_iter().collect();
-        let error = TableManager::open(&config, &kafka, &partitions).err().unwrap().to_string();
+        let partitions: HashMap<String, u32> = [("left".to_owned(), 2), ("right".to_owned(), 3)]
+            .into_iter()
+            .collect();
+        let error = TableManager::open(&config, &kafka, &partitions)
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(
             error,
             "table t: source topics left (2 partitions) and right (3 partitions) differ; agents sharing a \
@@ -232,9 +292,14 @@ mod tests {
                     sources = [\"in\"]\ntables = [\"t\"]\n[[tables]]\nname = \"t\"\nstore = \"memory\"\n";
         let config = Config::parse(text, Path::new("app.toml"), dir.path()).unwrap();
         let kafka = Kafka::embedded(Default::default()).unwrap();
-        kafka.ensure_topic("app-t-changelog", 5, TopicKind::Changelog).unwrap();
+        kafka
+            .ensure_topic("app-t-changelog", 5, TopicKind::Changelog)
+            .unwrap();
         let partitions: HashMap<String, u32> = [("in".to_owned(), 4)].into_iter().collect();
-        let error = TableManager::open(&config, &kafka, &partitions).err().unwrap().to_string();
+        let error = TableManager::open(&config, &kafka, &partitions)
+            .err()
+            .unwrap()
+            .to_string();
         assert_eq!(
             error,
             "kafka: topic app-t-changelog has 5 partitions but 4 are required; delete the topic or recreate it with 4 partitions"
@@ -260,8 +325,16 @@ mod tests {
             table.put(0, format!("key-{i:08}").into_bytes(), Some(vec![b'v'; 100]));
         }
         let error = manager.flush(&kafka, &producer).unwrap_err().to_string();
-        assert!(error.starts_with("embedded cluster: topic app-t-changelog partition 0 would hold "), "{error}");
-        assert!(error.ends_with("run against a real broker (set `brokers` in the config) for data of this size"), "{error}");
+        assert!(
+            error.starts_with("embedded cluster: topic app-t-changelog partition 0 would hold "),
+            "{error}"
+        );
+        assert!(
+            error.ends_with(
+                "run against a real broker (set `brokers` in the config) for data of this size"
+            ),
+            "{error}"
+        );
         assert_eq!(kafka.watermarks("app-t-changelog", 0).unwrap(), (0, 0));
     }
 }

@@ -52,7 +52,11 @@ pub struct RecoveryReport {
 /// store claims an offset beyond the changelog's end (the changelog topic
 /// was deleted and recreated), or the embedded cluster has dropped records
 /// of the changelog.
-pub fn recover_partition(kafka: &Kafka, table: &Table, partition: Partition) -> anyhow::Result<RecoveryReport> {
+pub fn recover_partition(
+    kafka: &Kafka,
+    table: &Table,
+    partition: Partition,
+) -> anyhow::Result<RecoveryReport> {
     let topic = table.changelog_topic();
     let store = table.store();
     let (low, high) = kafka.watermarks(topic, partition)?;
@@ -70,10 +74,17 @@ pub fn recover_partition(kafka: &Kafka, table: &Table, partition: Partition) -> 
             tracing::warn!(table = table.name(), partition, persisted = offset, low, "recovery: persisted offset is below the changelog's low watermark; replaying from the low watermark");
             low
         }
+        Some(offset) if offset > high && kafka.embedded_cluster().is_some() => {
+            // The embedded cluster starts empty in every process, so state
+            // left by an earlier process belongs to topics that are gone.
+            tracing::warn!(table = table.name(), partition, persisted = offset, high, "recovery: discarding table state of an earlier process, because the embedded cluster starts empty");
+            store.drop_partition(partition)?;
+            low
+        }
         Some(offset) if offset > high => bail!(
-            "recovery: table {} partition {partition} has applied the changelog up to offset {offset}, but \
-             changelog {topic} ends at offset {high}; the topic was probably deleted and recreated. Delete \
-             the table's state directory to rebuild it from the changelog",
+            "table {} partition {partition} has applied the changelog up to offset {offset}, but changelog \
+             {topic} ends at offset {high}, so the topic was deleted and recreated or belongs to another \
+             cluster. Delete the table's state directory to rebuild the table from the changelog",
             table.name()
         ),
         Some(offset) => offset,
@@ -93,7 +104,14 @@ pub fn recover_partition(kafka: &Kafka, table: &Table, partition: Partition) -> 
     }
 
     let started = Instant::now();
-    tracing::info!(table = table.name(), partition, from = start, to = high, records = high - start, "recovery: replaying changelog");
+    tracing::info!(
+        table = table.name(),
+        partition,
+        from = start,
+        to = high,
+        records = high - start,
+        "recovery: replaying changelog"
+    );
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", format!("{topic}-recovery"))
@@ -104,7 +122,9 @@ pub fn recover_partition(kafka: &Kafka, table: &Table, partition: Partition) -> 
         .context("recovery: failed to create the changelog consumer")?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, partition as i32, Offset::Offset(start))?;
-    consumer.assign(&assignment).with_context(|| format!("recovery: failed to assign {topic}/{partition}"))?;
+    consumer
+        .assign(&assignment)
+        .with_context(|| format!("recovery: failed to assign {topic}/{partition}"))?;
 
     let mut chunk: Vec<ChangelogRecord> = Vec::with_capacity(CHUNK);
     let mut next_offset = start;
@@ -141,7 +161,13 @@ pub fn recover_partition(kafka: &Kafka, table: &Table, partition: Partition) -> 
             let done = next_offset - start;
             let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
             let eta = (high - next_offset) as f64 / rate.max(1.0);
-            tracing::info!(table = table.name(), partition, remaining = high - next_offset, eta_seconds = eta.round(), "recovery: progress");
+            tracing::info!(
+                table = table.name(),
+                partition,
+                remaining = high - next_offset,
+                eta_seconds = eta.round(),
+                "recovery: progress"
+            );
         }
     }
     report.replayed += chunk.len() as u64;
@@ -166,13 +192,17 @@ mod tests {
     use super::*;
     use crate::kafka::producer::TrackedProducer;
     use crate::kafka::TopicKind;
-    use crate::store::{MemoryStore, Store};
+    use crate::store::MemoryStore;
 
     fn changelog_with(kafka: &Kafka, records: &[(&[u8], Option<&[u8]>)]) -> Table {
-        kafka.ensure_topic("app-t-changelog", 1, TopicKind::Changelog).unwrap();
+        kafka
+            .ensure_topic("app-t-changelog", 1, TopicKind::Changelog)
+            .unwrap();
         let producer = TrackedProducer::new(kafka).unwrap();
         for (key, value) in records {
-            producer.send("app-t-changelog", Some(0), Some(key), *value, &[]).unwrap();
+            producer
+                .send("app-t-changelog", Some(0), Some(key), *value, &[])
+                .unwrap();
         }
         producer.flush(Duration::from_secs(30)).unwrap();
         Table::new("t", "app-t-changelog", Arc::new(MemoryStore::new()))
@@ -181,7 +211,10 @@ mod tests {
     #[test]
     fn recovery_replays_records_and_tombstones() {
         let kafka = Kafka::embedded(Default::default()).unwrap();
-        let table = changelog_with(&kafka, &[(b"a", Some(b"1")), (b"b", Some(b"2")), (b"a", None)]);
+        let table = changelog_with(
+            &kafka,
+            &[(b"a", Some(b"1")), (b"b", Some(b"2")), (b"a", None)],
+        );
         let report = recover_partition(&kafka, &table, 0).unwrap();
         assert_eq!(report.replayed, 3);
         assert_eq!(report.from_offset, 0);
@@ -204,16 +237,18 @@ mod tests {
     }
 
     #[test]
-    fn recovery_rejects_offset_past_changelog_end() {
+    fn recovery_on_embedded_cluster_discards_stale_state() {
         let kafka = Kafka::embedded(Default::default()).unwrap();
         let table = changelog_with(&kafka, &[(b"a", Some(b"1"))]);
-        table.store().apply_changelog(0, &[], 10).unwrap();
-        let error = recover_partition(&kafka, &table, 0).unwrap_err().to_string();
-        assert_eq!(
-            error,
-            "recovery: table t partition 0 has applied the changelog up to offset 10, but changelog \
-             app-t-changelog ends at offset 1; the topic was probably deleted and recreated. Delete the \
-             table's state directory to rebuild it from the changelog"
-        );
+        let stale = [ChangelogRecord {
+            key: b"old".to_vec(),
+            value: Some(b"x".to_vec()),
+        }];
+        table.store().apply_changelog(0, &stale, 10).unwrap();
+        let report = recover_partition(&kafka, &table, 0).unwrap();
+        assert_eq!(report.from_offset, 0);
+        assert_eq!(report.replayed, 1);
+        assert_eq!(table.store().get(0, b"old").unwrap(), None);
+        assert_eq!(table.store().get(0, b"a").unwrap(), Some(b"1".to_vec()));
     }
 }

@@ -44,7 +44,9 @@ const ABORT: u8 = 2;
 impl Shutdown {
     /// Asks the worker to finish the batch in hand, commit and stop.
     pub fn request(&self) {
-        let _ = self.0.compare_exchange(RUNNING, DRAIN, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self
+            .0
+            .compare_exchange(RUNNING, DRAIN, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Asks the worker to stop at once without committing, as a crash
@@ -59,6 +61,12 @@ impl Shutdown {
     }
 }
 
+/// The offset a consumer must reach in each source topic and partition.
+pub type EndOffsets = HashMap<(String, i32), i64>;
+
+/// End offsets that another thread sets once it knows them.
+pub type SharedEndOffsets = Arc<Mutex<Option<EndOffsets>>>;
+
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -69,7 +77,7 @@ pub struct RunOptions {
     /// End offsets per source topic and partition, set by an in-process
     /// loader when it finishes. While `stop_at_end` is set and this is
     /// `None`, the worker keeps running.
-    pub end_offsets: Option<Arc<Mutex<Option<HashMap<(String, i32), i64>>>>>,
+    pub end_offsets: Option<SharedEndOffsets>,
     /// Updated with the number of events handled after every batch, for
     /// callers that show or wait for progress.
     pub events_handled: Option<Arc<AtomicU64>>,
@@ -117,6 +125,9 @@ struct Processor {
     assigned: std::collections::BTreeSet<(String, i32)>,
     summary: RunSummary,
     aborting: bool,
+    /// A commit that failed inside a rebalance callback, where it cannot be
+    /// returned; the loop stops with it after `poll` returns.
+    failed_commit: Option<String>,
     app_id: String,
 }
 
@@ -139,11 +150,17 @@ impl ConsumerContext for WorkerContext {
             if processor.aborting {
                 return;
             }
-            tracing::info!(partitions = partitions.count(), "worker.rebalance: partitions revoked; committing them");
+            tracing::info!(
+                partitions = partitions.count(),
+                "worker.rebalance: partitions revoked; committing them"
+            );
             if let Err(error) = processor.commit(consumer) {
                 // The source offsets stay at the last successful commit, so
-                // the new owner handles the uncommitted events again.
-                tracing::error!(error = %format!("{error:#}"), "worker.rebalance: commit before revocation failed");
+                // the new owner handles the uncommitted events again. This
+                // worker's write caches are drained, so it must stop.
+                let message = format!("{error:#}");
+                tracing::error!(error = %message, "worker.rebalance: commit before revocation failed; stopping");
+                processor.failed_commit = Some(message);
             }
             for element in partitions.elements() {
                 let key = (element.topic().to_owned(), element.partition());
@@ -158,7 +175,10 @@ impl ConsumerContext for WorkerContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = partitions.count(), "worker.rebalance: partitions assigned");
+                tracing::info!(
+                    partitions = partitions.count(),
+                    "worker.rebalance: partitions assigned"
+                );
                 // Nothing of a new partition may reach an agent before its
                 // tables are recovered, so it stays paused until then.
                 if let Err(error) = consumer.pause(partitions) {
@@ -172,7 +192,9 @@ impl ConsumerContext for WorkerContext {
                 }
             }
             Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => tracing::error!(%error, "worker.rebalance: rebalance failed"),
+            Rebalance::Error(error) => {
+                tracing::error!(%error, "worker.rebalance: rebalance failed")
+            }
         }
     }
 }
@@ -184,7 +206,12 @@ impl ConsumerContext for WorkerContext {
 ///
 /// Fails when setup fails (topics, stores, components), when recovery or a
 /// commit fails, or when an agent cannot be instantiated.
-pub fn run(config: &Config, kafka: Arc<Kafka>, shutdown: Arc<Shutdown>, options: RunOptions) -> anyhow::Result<RunSummary> {
+pub fn run(
+    config: &Config,
+    kafka: Arc<Kafka>,
+    shutdown: Arc<Shutdown>,
+    options: RunOptions,
+) -> anyhow::Result<RunSummary> {
     let state_dir = config.state_dir();
     tracing::info!(app = %config.app_id, bootstrap = kafka.bootstrap_servers(), embedded = kafka.embedded_cluster().is_some(), state_dir = %state_dir.display(), "worker: starting");
 
@@ -207,7 +234,11 @@ pub fn run(config: &Config, kafka: Arc<Kafka>, shutdown: Arc<Shutdown>, options:
     for agent_config in &config.agents {
         let partitions = source_partitions[&agent_config.sources[0]];
         let dead_letters = config.dead_letter_topic(&agent_config.name);
-        for topic in agent_config.outputs.iter().chain(std::iter::once(&dead_letters)) {
+        for topic in agent_config
+            .outputs
+            .iter()
+            .chain(std::iter::once(&dead_letters))
+        {
             if !topic_partitions.contains_key(topic) {
                 let count = match kafka.partition_count(topic)? {
                     Some(count) => count,
@@ -222,7 +253,10 @@ pub fn run(config: &Config, kafka: Arc<Kafka>, shutdown: Arc<Shutdown>, options:
         let tables = crate::agent::grants_tables(agent_config, manager.tables());
         let agent = runtime.load(agent_config, tables)?;
         for source in &agent_config.sources {
-            agents_by_topic.entry(source.clone()).or_default().push(agents.len());
+            agents_by_topic
+                .entry(source.clone())
+                .or_default()
+                .push(agents.len());
         }
         tracing::info!(agent = %agent_config.name, component = %agent_config.component.display(), sources = ?agent_config.sources, "worker: agent loaded");
         agents.push(agent);
@@ -241,6 +275,7 @@ pub fn run(config: &Config, kafka: Arc<Kafka>, shutdown: Arc<Shutdown>, options:
         assigned: Default::default(),
         summary: RunSummary::default(),
         aborting: false,
+        failed_commit: None,
         app_id: config.app_id.clone(),
     }));
 
@@ -249,7 +284,9 @@ pub fn run(config: &Config, kafka: Arc<Kafka>, shutdown: Arc<Shutdown>, options:
         // The embedded cluster keeps a member that left in the group until
         // its session times out, so with the default of 45 s a restarted
         // worker waits that long for its partitions.
-        consumer_config.set("session.timeout.ms", "6000").set("heartbeat.interval.ms", "500");
+        consumer_config
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500");
     }
     let consumer: BaseConsumer<WorkerContext> = consumer_config
         .set("group.id", &config.app_id)
@@ -257,23 +294,37 @@ pub fn run(config: &Config, kafka: Arc<Kafka>, shutdown: Arc<Shutdown>, options:
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .create_with_context(WorkerContext { processor: processor.clone() })
+        .create_with_context(WorkerContext {
+            processor: processor.clone(),
+        })
         .context("worker: failed to create the consumer; check the [kafka] properties")?;
     let sources: Vec<&str> = source_partitions.keys().map(String::as_str).collect();
-    consumer.subscribe(&sources).context("worker: failed to subscribe to the source topics")?;
+    consumer
+        .subscribe(&sources)
+        .context("worker: failed to subscribe to the source topics")?;
 
-    let mut end_offsets: Option<HashMap<(String, i32), i64>> = None;
+    let mut end_offsets: Option<EndOffsets> = None;
     if options.stop_at_end && options.end_offsets.is_none() {
         let mut ends = HashMap::new();
         for (topic, count) in &source_partitions {
             for partition in 0..*count {
-                ends.insert((topic.clone(), partition as i32), kafka.watermarks(topic, partition)?.1);
+                ends.insert(
+                    (topic.clone(), partition as i32),
+                    kafka.watermarks(topic, partition)?.1,
+                );
             }
         }
         end_offsets = Some(ends);
     }
 
-    let result = run_loop(config, &consumer, &processor, &shutdown, &options, &mut end_offsets);
+    let result = run_loop(
+        config,
+        &consumer,
+        &processor,
+        &shutdown,
+        &options,
+        &mut end_offsets,
+    );
     let outcome = if result.is_err() || shutdown.state() == ABORT {
         // Leaving the group must not commit what was never flushed.
         lock(&processor).aborting = true;
@@ -286,7 +337,13 @@ pub fn run(config: &Config, kafka: Arc<Kafka>, shutdown: Arc<Shutdown>, options:
     drop(consumer);
     outcome?;
     let summary = lock(&processor).summary.clone();
-    tracing::info!(events = summary.events, outputs = summary.outputs, dead_letters = summary.dead_letters, commits = summary.commits, "worker: stopped");
+    tracing::info!(
+        events = summary.events,
+        outputs = summary.outputs,
+        dead_letters = summary.dead_letters,
+        commits = summary.commits,
+        "worker: stopped"
+    );
     Ok(summary)
 }
 
@@ -296,7 +353,7 @@ fn run_loop(
     processor: &Mutex<Processor>,
     shutdown: &Shutdown,
     options: &RunOptions,
-    end_offsets: &mut Option<HashMap<(String, i32), i64>>,
+    end_offsets: &mut Option<EndOffsets>,
 ) -> anyhow::Result<()> {
     let commit_interval = Duration::from_millis(config.commit_interval_ms);
     let mut last_commit = Instant::now();
@@ -320,6 +377,10 @@ fn run_loop(
             timeout = Duration::ZERO;
         }
 
+        if let Some(message) = lock(processor).failed_commit.take() {
+            bail!("worker: commit before revocation failed: {message}");
+        }
+
         if !batch.is_empty() {
             first_event.get_or_insert_with(Instant::now);
             let mut processor = lock(processor);
@@ -336,7 +397,11 @@ fn run_loop(
         if last_progress.elapsed() >= Duration::from_secs(5) {
             last_progress = Instant::now();
             let processor = lock(processor);
-            tracing::info!(events = processor.summary.events, commits = processor.summary.commits, "worker: progress");
+            tracing::info!(
+                events = processor.summary.events,
+                commits = processor.summary.commits,
+                "worker: progress"
+            );
         }
         if let Some(first) = first_event {
             lock(processor).summary.processing_seconds = first.elapsed().as_secs_f64();
@@ -350,7 +415,9 @@ fn run_loop(
             }
             if let Some(ends) = end_offsets.as_ref() {
                 if reached_end(consumer, processor, ends) {
-                    tracing::info!("worker: every source partition is consumed to its end offset; stopping");
+                    tracing::info!(
+                        "worker: every source partition is consumed to its end offset; stopping"
+                    );
                     break;
                 }
             }
@@ -359,18 +426,30 @@ fn run_loop(
     Ok(())
 }
 
-fn reached_end(consumer: &BaseConsumer<WorkerContext>, processor: &Mutex<Processor>, ends: &HashMap<(String, i32), i64>) -> bool {
+fn reached_end(
+    consumer: &BaseConsumer<WorkerContext>,
+    processor: &Mutex<Processor>,
+    ends: &EndOffsets,
+) -> bool {
     let processor = lock(processor);
     // Until the group has assigned every partition with data, this worker
     // cannot know it has consumed them all.
-    if !processor.to_recover.is_empty() || ends.iter().any(|(key, end)| *end > 0 && !processor.assigned.contains(key)) {
+    if !processor.to_recover.is_empty()
+        || ends
+            .iter()
+            .any(|(key, end)| *end > 0 && !processor.assigned.contains(key))
+    {
         return false;
     }
     // Partitions this run has handled nothing of may already be committed
     // up to their end by an earlier run; ask the group for those.
     let mut unknown = TopicPartitionList::new();
     for ((topic, partition), end) in ends {
-        if *end > 0 && !processor.positions.contains_key(&(topic.clone(), *partition)) {
+        if *end > 0
+            && !processor
+                .positions
+                .contains_key(&(topic.clone(), *partition))
+        {
             unknown.add_partition(topic, *partition);
         }
     }
@@ -392,14 +471,21 @@ fn reached_end(consumer: &BaseConsumer<WorkerContext>, processor: &Mutex<Process
         if let Some(next) = processor.positions.get(&(topic.clone(), *partition)) {
             return next >= end;
         }
-        match committed.as_ref().and_then(|c| c.find_partition(topic, *partition)).map(|e| e.offset()) {
+        match committed
+            .as_ref()
+            .and_then(|c| c.find_partition(topic, *partition))
+            .map(|e| e.offset())
+        {
             Some(Offset::Offset(next)) => next >= *end,
             _ => false,
         }
     })
 }
 
-fn recover_assigned(consumer: &BaseConsumer<WorkerContext>, processor: &Mutex<Processor>) -> anyhow::Result<()> {
+fn recover_assigned(
+    consumer: &BaseConsumer<WorkerContext>,
+    processor: &Mutex<Processor>,
+) -> anyhow::Result<()> {
     let mut processor = lock(processor);
     if processor.to_recover.is_empty() {
         return Ok(());
@@ -408,12 +494,16 @@ fn recover_assigned(consumer: &BaseConsumer<WorkerContext>, processor: &Mutex<Pr
     let assigned = std::mem::take(&mut processor.to_recover);
     let mut resume = TopicPartitionList::new();
     for (topic, partition) in &assigned {
-        let reports = processor.manager.assign(&processor.kafka, topic, *partition as u32)?;
+        let reports = processor
+            .manager
+            .assign(&processor.kafka, topic, *partition as u32)?;
         processor.summary.recoveries.extend(reports);
         resume.add_partition(topic, *partition);
     }
     processor.summary.recovery_seconds += started.elapsed().as_secs_f64();
-    consumer.resume(&resume).context("worker: failed to resume recovered partitions")?;
+    consumer
+        .resume(&resume)
+        .context("worker: failed to resume recovered partitions")?;
     Ok(())
 }
 
@@ -423,7 +513,10 @@ fn to_event(message: &BorrowedMessage<'_>) -> Event {
         .map(|headers| {
             headers
                 .iter()
-                .map(|h| Header { key: h.key.to_owned(), value: h.value.unwrap_or_default().to_vec() })
+                .map(|h| Header {
+                    key: h.key.to_owned(),
+                    value: h.value.unwrap_or_default().to_vec(),
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -439,8 +532,16 @@ fn to_event(message: &BorrowedMessage<'_>) -> Event {
 }
 
 fn event_footprint(event: &Event) -> u64 {
-    let headers: usize = event.headers.iter().map(|h| h.key.len() + h.value.len()).sum();
-    record_footprint(event.key.as_ref().map_or(0, Vec::len), event.value.as_ref().map_or(0, Vec::len), headers)
+    let headers: usize = event
+        .headers
+        .iter()
+        .map(|h| h.key.len() + h.value.len())
+        .sum();
+    record_footprint(
+        event.key.as_ref().map_or(0, Vec::len),
+        event.value.as_ref().map_or(0, Vec::len),
+        headers,
+    )
 }
 
 impl Processor {
@@ -448,17 +549,27 @@ impl Processor {
     fn handle(&mut self, batch: Vec<Event>) -> anyhow::Result<()> {
         let mut by_partition: BTreeMap<(String, i32), Vec<Event>> = BTreeMap::new();
         for event in batch {
-            by_partition.entry((event.topic.clone(), event.partition)).or_default().push(event);
+            by_partition
+                .entry((event.topic.clone(), event.partition))
+                .or_default()
+                .push(event);
         }
         for ((topic, partition), events) in by_partition {
-            let agent_indexes = self.agents_by_topic.get(&topic).cloned().unwrap_or_default();
+            let agent_indexes = self
+                .agents_by_topic
+                .get(&topic)
+                .cloned()
+                .unwrap_or_default();
             for index in agent_indexes {
                 let outcome = self.agents[index].handle(&events, partition as u32)?;
                 let agent_name = self.agents[index].name().to_owned();
                 self.emit(&agent_name, outcome)?;
             }
             let key = (topic, partition);
-            let last = events.last().expect("a partition group is never empty").offset;
+            let last = events
+                .last()
+                .expect("a partition group is never empty")
+                .offset;
             self.positions.insert(key.clone(), last + 1);
             let consumed = self.consumed.entry(key).or_default();
             consumed.0 += events.iter().map(event_footprint).sum::<u64>();
@@ -472,8 +583,19 @@ impl Processor {
     fn emit(&mut self, agent: &str, outcome: BatchOutcome) -> anyhow::Result<()> {
         for record in &outcome.outputs {
             let headers: Vec<OutHeader> = record.headers.clone();
-            let partition = self.choose_partition(&record.topic, record.key.as_deref(), record.value.as_deref(), &headers)?;
-            self.producer.send(&record.topic, Some(partition), record.key.as_deref(), record.value.as_deref(), &headers)?;
+            let partition = self.choose_partition(
+                &record.topic,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &headers,
+            )?;
+            self.producer.send(
+                &record.topic,
+                Some(partition),
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &headers,
+            )?;
         }
         self.summary.outputs += outcome.outputs.len() as u64;
 
@@ -481,14 +603,35 @@ impl Processor {
             let topic = format!("{}-{agent}-dead-letters", self.app_id);
             for letter in &outcome.dead_letters {
                 let event = &letter.event;
-                let mut headers: Vec<OutHeader> = event.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+                let mut headers: Vec<OutHeader> = event
+                    .headers
+                    .iter()
+                    .map(|h| (h.key.clone(), h.value.clone()))
+                    .collect();
                 headers.push(("tablehost-error".into(), letter.error.clone().into_bytes()));
                 headers.push(("tablehost-agent".into(), agent.as_bytes().to_vec()));
                 headers.push(("tablehost-topic".into(), event.topic.clone().into_bytes()));
-                headers.push(("tablehost-partition".into(), event.partition.to_string().into_bytes()));
-                headers.push(("tablehost-offset".into(), event.offset.to_string().into_bytes()));
-                let partition = self.choose_partition(&topic, event.key.as_deref(), event.value.as_deref(), &headers)?;
-                self.producer.send(&topic, Some(partition), event.key.as_deref(), event.value.as_deref(), &headers)?;
+                headers.push((
+                    "tablehost-partition".into(),
+                    event.partition.to_string().into_bytes(),
+                ));
+                headers.push((
+                    "tablehost-offset".into(),
+                    event.offset.to_string().into_bytes(),
+                ));
+                let partition = self.choose_partition(
+                    &topic,
+                    event.key.as_deref(),
+                    event.value.as_deref(),
+                    &headers,
+                )?;
+                self.producer.send(
+                    &topic,
+                    Some(partition),
+                    event.key.as_deref(),
+                    event.value.as_deref(),
+                    &headers,
+                )?;
             }
             self.summary.dead_letters += outcome.dead_letters.len() as u64;
         }
@@ -497,7 +640,13 @@ impl Processor {
 
     /// Chooses a record's partition like Kafka's default partitioner and,
     /// on the embedded cluster, reserves room for it.
-    fn choose_partition(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, headers: &[OutHeader]) -> anyhow::Result<i32> {
+    fn choose_partition(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[OutHeader],
+    ) -> anyhow::Result<i32> {
         let count = *self
             .topic_partitions
             .get(topic)
@@ -508,7 +657,11 @@ impl Processor {
         };
         if let Some(cluster) = self.kafka.embedded_cluster() {
             let header_bytes = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-            let bytes = record_footprint(key.map_or(0, <[u8]>::len), value.map_or(0, <[u8]>::len), header_bytes);
+            let bytes = record_footprint(
+                key.map_or(0, <[u8]>::len),
+                value.map_or(0, <[u8]>::len),
+                header_bytes,
+            );
             cluster.ledger().reserve(topic, partition, bytes, 1)?;
         }
         Ok(partition as i32)
@@ -528,11 +681,15 @@ impl Processor {
             for ((topic, partition), next) in &self.positions {
                 offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             }
-            consumer.commit(&offsets, CommitMode::Sync).context("commit: failed to commit source offsets")?;
+            consumer
+                .commit(&offsets, CommitMode::Sync)
+                .context("commit: failed to commit source offsets")?;
         }
         if let Some(cluster) = self.kafka.embedded_cluster() {
             for ((topic, partition), (bytes, records)) in self.consumed.drain() {
-                cluster.ledger().release(&topic, partition as u32, bytes, records);
+                cluster
+                    .ledger()
+                    .release(&topic, partition as u32, bytes, records);
             }
         }
         self.consumed.clear();

@@ -20,7 +20,11 @@ fn tablehost(args: &[&str], dir: &Path) -> (bool, String, String) {
 
 fn counter_component() -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/plugins/counter.wasm");
-    assert!(path.is_file(), "{} is missing; build the example agents with `make plugins`", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing; build the example agents with `make plugins`",
+        path.display()
+    );
     path
 }
 
@@ -39,7 +43,10 @@ fn missing_config_file_is_reported() {
     let dir = tempfile::tempdir().unwrap();
     let (ok, _, stderr) = tablehost(&["run", "--config", "absent.toml"], dir.path());
     assert!(!ok);
-    assert!(stderr.contains("tablehost: error: config absent.toml: cannot read the file"), "{stderr}");
+    assert!(
+        stderr.contains("tablehost: error: config absent.toml: cannot read the file"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -59,17 +66,43 @@ fn load_on_embedded_cluster_points_to_run() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), "tables = [\"counts\"]");
     std::fs::write(dir.path().join("events.jsonl"), "{\"id\": \"a\"}\n").unwrap();
-    let (ok, _, stderr) =
-        tablehost(&["load", "--config", "app.toml", "--topic", "events", "--key-field", "id", "events.jsonl"], dir.path());
+    let (ok, _, stderr) = tablehost(
+        &[
+            "load",
+            "--config",
+            "app.toml",
+            "--topic",
+            "events",
+            "--key-field",
+            "id",
+            "events.jsonl",
+        ],
+        dir.path(),
+    );
     assert!(!ok);
-    assert!(stderr.contains("use `tablehost run --config app.toml --load events.jsonl --key-field id`"), "{stderr}");
+    assert!(
+        stderr.contains("use `tablehost run --config app.toml --load events.jsonl --key-field id`"),
+        "{stderr}"
+    );
 }
 
 fn run_with_input(name: &str, contents: &str, key_field: &str) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), "tables = [\"counts\"]");
     std::fs::write(dir.path().join(name), contents).unwrap();
-    tablehost(&["run", "--config", "app.toml", "--load", name, "--key-field", key_field, "--stop-at-end"], dir.path())
+    tablehost(
+        &[
+            "run",
+            "--config",
+            "app.toml",
+            "--load",
+            name,
+            "--key-field",
+            key_field,
+            "--stop-at-end",
+        ],
+        dir.path(),
+    )
 }
 
 #[test]
@@ -100,26 +133,100 @@ fn missing_key_field_is_reported() {
 fn run_loads_and_dumps_table() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), "tables = [\"counts\"]");
-    std::fs::write(dir.path().join("events.jsonl"), "{\"id\": \"a\"}\n{\"id\": \"b\"}\n{\"id\": \"a\"}\n").unwrap();
-    let (ok, stdout, stderr) =
-        tablehost(&["run", "--config", "app.toml", "--load", "events.jsonl", "--key-field", "id", "--stop-at-end"], dir.path());
+    std::fs::write(
+        dir.path().join("events.jsonl"),
+        "{\"id\": \"a\"}\n{\"id\": \"b\"}\n{\"id\": \"a\"}\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = tablehost(
+        &[
+            "run",
+            "--config",
+            "app.toml",
+            "--load",
+            "events.jsonl",
+            "--key-field",
+            "id",
+            "--stop-at-end",
+        ],
+        dir.path(),
+    );
     assert!(ok, "{stderr}");
     assert!(stdout.contains("handled 3 events"), "{stdout}");
 
-    let (ok, stdout, stderr) = tablehost(&["table", "dump", "--config", "app.toml", "counts"], dir.path());
+    let (ok, stdout, stderr) = tablehost(
+        &["table", "dump", "--config", "app.toml", "counts"],
+        dir.path(),
+    );
     assert!(ok, "{stderr}");
     let mut lines: Vec<&str> = stdout.lines().collect();
     lines.sort();
     assert_eq!(lines.len(), 2);
-    assert!(lines[0].starts_with(r#"{"key":"a","partition":"#), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with(r#"{"key":"a","partition":"#),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].ends_with(r#","value":2}"#), "{}", lines[0]);
-    assert!(lines[1].starts_with(r#"{"key":"b","partition":"#), "{}", lines[1]);
+    assert!(
+        lines[1].starts_with(r#"{"key":"b","partition":"#),
+        "{}",
+        lines[1]
+    );
     assert!(lines[1].ends_with(r#","value":1}"#), "{}", lines[1]);
 
-    let (ok, stdout, _) = tablehost(&["table", "get", "--config", "app.toml", "counts", "a"], dir.path());
+    let (ok, stdout, _) = tablehost(
+        &["table", "get", "--config", "app.toml", "counts", "a"],
+        dir.path(),
+    );
     assert!(ok);
     assert!(stdout.trim_end().ends_with(r#","value":2}"#), "{stdout}");
-    let (ok, _, stderr) = tablehost(&["table", "get", "--config", "app.toml", "counts", "zzz"], dir.path());
+    let (ok, _, stderr) = tablehost(
+        &["table", "get", "--config", "app.toml", "counts", "zzz"],
+        dir.path(),
+    );
     assert!(!ok);
-    assert!(stderr.contains("table counts: key \"zzz\" not found"), "{stderr}");
+    assert!(
+        stderr.contains("table counts: key \"zzz\" not found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn second_embedded_run_discards_old_state() {
+    let dir = tempfile::tempdir().unwrap();
+    write_config(dir.path(), "tables = [\"counts\"]");
+    std::fs::write(
+        dir.path().join("events.jsonl"),
+        "{\"id\": \"a\"}\n{\"id\": \"a\"}\n",
+    )
+    .unwrap();
+    let args = [
+        "run",
+        "--config",
+        "app.toml",
+        "--load",
+        "events.jsonl",
+        "--key-field",
+        "id",
+        "--stop-at-end",
+    ];
+
+    // Each run starts a new embedded cluster, so the second run counts the
+    // same two events again from an empty table instead of adding to the first.
+    let (ok, _, stderr) = tablehost(&args, dir.path());
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = tablehost(&args, dir.path());
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("discarding table state of an earlier process"),
+        "{stderr}"
+    );
+
+    let (ok, stdout, stderr) = tablehost(
+        &["table", "get", "--config", "app.toml", "counts", "a"],
+        dir.path(),
+    );
+    assert!(ok, "{stderr}");
+    assert!(stdout.trim_end().ends_with(r#","value":2}"#), "{stdout}");
 }

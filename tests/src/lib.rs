@@ -32,14 +32,23 @@ pub fn plugin(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../build/plugins"));
     let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
-    assert!(path.is_file(), "{} is missing; build the example agents with `make plugins`", path.display());
+    assert!(
+        path.is_file(),
+        "{} is missing; build the example agents with `make plugins`",
+        path.display()
+    );
     path
 }
 
 /// Returns the path of a file under `tests/data`.
 pub fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(name)
 }
+
+/// A record to produce: partition, key and value.
+pub type TestRecord<'a> = (i32, Option<&'a [u8]>, Option<&'a [u8]>);
 
 /// One test's world: an embedded cluster and a state directory.
 pub struct Harness {
@@ -61,44 +70,72 @@ impl Harness {
     pub fn new() -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
             )
             .with_test_writer()
             .try_init();
         let kafka = Arc::new(Kafka::embedded(Default::default()).expect("embedded cluster starts"));
-        Self { kafka, dir: tempfile::tempdir().expect("temporary directory") }
+        Self {
+            kafka,
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
     }
 
     /// Parses `body` as a config whose `state_dir` is this harness's.
     pub fn config(&self, body: &str) -> Config {
-        let text = format!("state_dir = {:?}\n{body}", self.dir.path().join("state").display().to_string());
-        Config::parse(&text, std::path::Path::new("test.toml"), self.dir.path()).expect("test config is valid")
+        let text = format!(
+            "state_dir = {:?}\n{body}",
+            self.dir.path().join("state").display().to_string()
+        );
+        Config::parse(&text, std::path::Path::new("test.toml"), self.dir.path())
+            .expect("test config is valid")
     }
 
     /// Creates `topic` with `partitions` partitions.
     pub fn topic(&self, topic: &str, partitions: u32) {
-        self.kafka.ensure_topic(topic, partitions, TopicKind::Plain).expect("topic is created");
+        self.kafka
+            .ensure_topic(topic, partitions, TopicKind::Plain)
+            .expect("topic is created");
     }
 
     /// Produces records to explicit partitions and waits for them.
-    pub fn produce(&self, topic: &str, records: &[(i32, Option<&[u8]>, Option<&[u8]>)]) {
+    pub fn produce(&self, topic: &str, records: &[TestRecord<'_>]) {
         let producer = TrackedProducer::new(&self.kafka).expect("producer");
         for (partition, key, value) in records {
-            producer.send(topic, Some(*partition), *key, *value, &[]).expect("record is queued");
+            producer
+                .send(topic, Some(*partition), *key, *value, &[])
+                .expect("record is queued");
         }
-        producer.flush(Duration::from_secs(30)).expect("records are acknowledged");
+        producer
+            .flush(Duration::from_secs(30))
+            .expect("records are acknowledged");
     }
 
     /// Runs the application until every source partition is consumed.
     pub fn run_to_end(&self, config: &Config) -> RunSummary {
-        run(config, self.kafka.clone(), Arc::new(Shutdown::default()), RunOptions { stop_at_end: true, ..Default::default() })
-            .expect("run succeeds")
+        run(
+            config,
+            self.kafka.clone(),
+            Arc::new(Shutdown::default()),
+            RunOptions {
+                stop_at_end: true,
+                ..Default::default()
+            },
+        )
+        .expect("run succeeds")
     }
 
     /// Returns every entry of a RocksDB table as `(partition, key) -> value`.
     pub fn table(&self, config: &Config, table: &str) -> BTreeMap<(u32, Vec<u8>), Vec<u8>> {
-        let options = &config.tables.iter().find(|t| t.name == table).expect("table is declared").rocksdb;
-        let store = RocksStore::open(table, &table_dir(&config.state_dir(), table), options).expect("store opens");
+        let options = &config
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .expect("table is declared")
+            .rocksdb;
+        let store = RocksStore::open(table, &table_dir(&config.state_dir(), table), options)
+            .expect("store opens");
         let mut out = BTreeMap::new();
         for partition in store.partitions().expect("partitions") {
             for entry in store.iter(partition).expect("iterator") {
@@ -111,19 +148,30 @@ impl Harness {
 
     /// Returns the changelog offset a table's store has persisted for a partition.
     pub fn persisted_offset(&self, config: &Config, table: &str, partition: u32) -> Option<i64> {
-        let options = &config.tables.iter().find(|t| t.name == table).expect("table is declared").rocksdb;
-        let store = RocksStore::open(table, &table_dir(&config.state_dir(), table), options).expect("store opens");
+        let options = &config
+            .tables
+            .iter()
+            .find(|t| t.name == table)
+            .expect("table is declared")
+            .rocksdb;
+        let store = RocksStore::open(table, &table_dir(&config.state_dir(), table), options)
+            .expect("store opens");
         store.changelog_offset(partition).expect("offset")
     }
 
     /// Deletes a table's RocksDB directory.
     pub fn delete_table_state(&self, config: &Config, table: &str) {
-        std::fs::remove_dir_all(table_dir(&config.state_dir(), table)).expect("state directory is deleted");
+        std::fs::remove_dir_all(table_dir(&config.state_dir(), table))
+            .expect("state directory is deleted");
     }
 
     /// Reads every record of `topic`, partition by partition.
     pub fn records(&self, topic: &str) -> Vec<Record> {
-        let partitions = self.kafka.partition_count(topic).expect("metadata").expect("topic exists");
+        let partitions = self
+            .kafka
+            .partition_count(topic)
+            .expect("metadata")
+            .expect("topic exists");
         let consumer: BaseConsumer = self
             .kafka
             .client_config()
@@ -134,12 +182,17 @@ impl Harness {
         let mut out = Vec::new();
         for partition in 0..partitions {
             let (low, high) = self.kafka.watermarks(topic, partition).expect("watermarks");
-            assert_eq!(low, 0, "the embedded cluster dropped records of {topic}/{partition}");
+            assert_eq!(
+                low, 0,
+                "the embedded cluster dropped records of {topic}/{partition}"
+            );
             if high == 0 {
                 continue;
             }
             let mut assignment = TopicPartitionList::new();
-            assignment.add_partition_offset(topic, partition as i32, Offset::Beginning).unwrap();
+            assignment
+                .add_partition_offset(topic, partition as i32, Offset::Beginning)
+                .unwrap();
             consumer.assign(&assignment).expect("assign");
             let mut next = 0;
             while next < high {
@@ -148,7 +201,13 @@ impl Harness {
                         next = message.offset() + 1;
                         let headers = message
                             .headers()
-                            .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec())).collect())
+                            .map(|h| {
+                                h.iter()
+                                    .map(|h| {
+                                        (h.key.to_owned(), h.value.unwrap_or_default().to_vec())
+                                    })
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         out.push(Record {
                             partition,
@@ -158,7 +217,9 @@ impl Harness {
                         });
                     }
                     Some(Err(error)) => panic!("reading {topic}/{partition} failed: {error}"),
-                    None => panic!("reading {topic}/{partition} timed out at offset {next} of {high}"),
+                    None => {
+                        panic!("reading {topic}/{partition} timed out at offset {next} of {high}")
+                    }
                 }
             }
         }
@@ -182,6 +243,9 @@ pub struct Record {
 impl Record {
     /// Returns the value of header `name` as text.
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
 }

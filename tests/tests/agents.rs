@@ -40,7 +40,11 @@ fn around(command: &str) -> (RunSummary, Vec<u8>, Vec<Record>, Harness, Config) 
     harness.topic("commands", 1);
     harness.produce(
         "commands",
-        &[(0, Some(b"counted"), Some(b"count")), (0, Some(b"bad"), Some(command.as_bytes())), (0, Some(b"counted"), Some(b"count"))],
+        &[
+            (0, Some(b"counted"), Some(b"count")),
+            (0, Some(b"bad"), Some(command.as_bytes())),
+            (0, Some(b"counted"), Some(b"count")),
+        ],
     );
     let summary = harness.run_to_end(&config);
     let table = harness.table(&config, "counts");
@@ -54,12 +58,21 @@ fn assert_dead_letter(dead: &[Record], command: &str, error_part: &str) {
     let letter = &dead[0];
     assert_eq!(letter.key.as_deref(), Some(b"bad".as_slice()));
     assert_eq!(letter.value.as_deref(), Some(command.as_bytes()));
-    assert_eq!(letter.header("tablehost-agent").as_deref(), Some("misbehave"));
-    assert_eq!(letter.header("tablehost-topic").as_deref(), Some("commands"));
+    assert_eq!(
+        letter.header("tablehost-agent").as_deref(),
+        Some("misbehave")
+    );
+    assert_eq!(
+        letter.header("tablehost-topic").as_deref(),
+        Some("commands")
+    );
     assert_eq!(letter.header("tablehost-partition").as_deref(), Some("0"));
     assert_eq!(letter.header("tablehost-offset").as_deref(), Some("1"));
     let error = letter.header("tablehost-error").unwrap();
-    assert!(error.contains(error_part), "error header {error:?} lacks {error_part:?}");
+    assert!(
+        error.contains(error_part),
+        "error header {error:?} lacks {error_part:?}"
+    );
 }
 
 #[test]
@@ -95,7 +108,11 @@ fn stack_overflow_goes_to_dead_letters() {
     // A Rust guest keeps its stack in linear memory, so running off its
     // end is an out-of-bounds access rather than wasmtime's own stack
     // overflow trap.
-    assert_dead_letter(&dead, "recurse", "trap: wasm trap: out of bounds memory access");
+    assert_dead_letter(
+        &dead,
+        "recurse",
+        "trap: wasm trap: out of bounds memory access",
+    );
 }
 
 #[test]
@@ -117,12 +134,18 @@ fn result_of(command: &str) -> String {
 
 #[test]
 fn undeclared_table_is_rejected() {
-    assert_eq!(result_of("open-undeclared"), r#"Undeclared("not-declared")"#);
+    assert_eq!(
+        result_of("open-undeclared"),
+        r#"Undeclared("not-declared")"#
+    );
 }
 
 #[test]
 fn undeclared_topic_is_rejected() {
-    assert_eq!(result_of("send-undeclared"), r#"UndeclaredTopic("not-declared")"#);
+    assert_eq!(
+        result_of("send-undeclared"),
+        r#"UndeclaredTopic("not-declared")"#
+    );
 }
 
 #[test]

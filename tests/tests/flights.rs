@@ -34,7 +34,14 @@ fn flight_delays_sample_is_exact() {
     // Load the sample into four partitions keyed by origin.
     let loaded = feed(
         &harness.kafka,
-        &FeedOptions { path: &sample, format: None, key_field: "origin", topic: "flights", partitions: 4, progress: false },
+        &FeedOptions {
+            path: &sample,
+            format: None,
+            key_field: "origin",
+            topic: "flights",
+            partitions: 4,
+            progress: false,
+        },
     )
     .unwrap();
     assert_eq!(loaded.records, 20_000);
@@ -63,11 +70,20 @@ fn flight_delays_sample_is_exact() {
 
     // Two origins checked against figures computed with pyarrow.
     let value_of = |origin: &str| {
-        let found = table.iter().find(|((_, k), _)| k == origin.as_bytes()).map(|(_, v)| v.clone());
+        let found = table
+            .iter()
+            .find(|((_, k), _)| k == origin.as_bytes())
+            .map(|(_, v)| v.clone());
         String::from_utf8(found.expect("origin is in the table")).unwrap()
     };
-    assert_eq!(value_of("ATL"), r#"{"flights":714,"delay_total":23999,"delay_max":236}"#);
-    assert_eq!(value_of("LAS"), r#"{"flights":460,"delay_total":6028,"delay_max":368}"#);
+    assert_eq!(
+        value_of("ATL"),
+        r#"{"flights":714,"delay_total":23999,"delay_max":236}"#
+    );
+    assert_eq!(
+        value_of("LAS"),
+        r#"{"flights":460,"delay_total":6028,"delay_max":368}"#
+    );
 
     // Every flight delayed by 180 minutes or more is in long-delays, keyed by origin.
     let long_delays = harness.records("long-delays");
@@ -76,7 +92,10 @@ fn flight_delays_sample_is_exact() {
     for record in &long_delays {
         let flight: Value = serde_json::from_slice(record.value.as_ref().unwrap()).unwrap();
         assert!(flight["delay"].as_i64().unwrap() >= 180, "{flight}");
-        assert_eq!(record.key.as_deref(), Some(flight["origin"].as_str().unwrap().as_bytes()));
+        assert_eq!(
+            record.key.as_deref(),
+            Some(flight["origin"].as_str().unwrap().as_bytes())
+        );
     }
 
     // The changelog contains the same final value per key as the table.

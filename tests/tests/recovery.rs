@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tablehost::worker::{run, RunOptions, Shutdown};
-use tablehost_tests::{plugin, Harness};
+use tablehost_tests::{plugin, Harness, TestRecord};
 
 const CHANGELOG: &str = "counting-counts-changelog";
 
@@ -41,10 +41,17 @@ fn recovery_rebuilds_deleted_store() {
     let mut records = Vec::new();
     for round in 0..10 {
         for (i, key) in keys.iter().enumerate() {
-            records.push(((i % 3) as i32, Some(key.as_bytes()), format!("event {round}").into_bytes()));
+            records.push((
+                (i % 3) as i32,
+                Some(key.as_bytes()),
+                format!("event {round}").into_bytes(),
+            ));
         }
     }
-    let records: Vec<(i32, Option<&[u8]>, Option<&[u8]>)> = records.iter().map(|(p, k, v)| (*p, *k, Some(v.as_slice()))).collect();
+    let records: Vec<TestRecord<'_>> = records
+        .iter()
+        .map(|(p, k, v)| (*p, *k, Some(v.as_slice())))
+        .collect();
     harness.produce("events", &records);
 
     // First run: 300 events, 10 per key.
@@ -71,8 +78,10 @@ fn restart_replays_only_changelog_tail() {
     // per key touched in a run.
     let config = config(&harness, 600_000);
     harness.topic("events", 1);
-    let first_batch: Vec<(i32, Option<&[u8]>, Option<&[u8]>)> =
-        ["a", "b", "c", "d", "a", "b"].iter().map(|k| (0, Some(k.as_bytes()), Some(&b"x"[..]))).collect();
+    let first_batch: Vec<TestRecord<'_>> = ["a", "b", "c", "d", "a", "b"]
+        .iter()
+        .map(|k| (0, Some(k.as_bytes()), Some(&b"x"[..])))
+        .collect();
     harness.produce("events", &first_batch);
     let first = harness.run_to_end(&config);
     assert_eq!(first.events, 6);
@@ -85,7 +94,14 @@ fn restart_replays_only_changelog_tail() {
     copy_dir(&state.join("tables"), &snapshot);
 
     // A clean restart replays nothing; the second run adds two changelog records.
-    harness.produce("events", &[(0, Some(b"a"), Some(b"x")), (0, Some(b"b"), Some(b"x")), (0, Some(b"a"), Some(b"x"))]);
+    harness.produce(
+        "events",
+        &[
+            (0, Some(b"a"), Some(b"x")),
+            (0, Some(b"b"), Some(b"x")),
+            (0, Some(b"a"), Some(b"x")),
+        ],
+    );
     let second = harness.run_to_end(&config);
     assert_eq!(second.recoveries.len(), 1);
     assert_eq!(second.recoveries[0].replayed, 0);
@@ -125,12 +141,30 @@ fn stop_without_commit_loses_nothing() {
     let shutdown = Arc::new(Shutdown::default());
     let handled = Arc::new(AtomicU64::new(0));
     let worker = {
-        let (config, kafka, shutdown, handled) = (config.clone(), harness.kafka.clone(), shutdown.clone(), handled.clone());
-        std::thread::spawn(move || run(&config, kafka, shutdown, RunOptions { events_handled: Some(handled), ..Default::default() }))
+        let (config, kafka, shutdown, handled) = (
+            config.clone(),
+            harness.kafka.clone(),
+            shutdown.clone(),
+            handled.clone(),
+        );
+        std::thread::spawn(move || {
+            run(
+                &config,
+                kafka,
+                shutdown,
+                RunOptions {
+                    events_handled: Some(handled),
+                    ..Default::default()
+                },
+            )
+        })
     };
     let deadline = Instant::now() + Duration::from_secs(120);
     while handled.load(Ordering::SeqCst) == 0 {
-        assert!(Instant::now() < deadline, "no event was handled within 120 seconds");
+        assert!(
+            Instant::now() < deadline,
+            "no event was handled within 120 seconds"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     shutdown.abort();
@@ -166,8 +200,12 @@ fn binary_and_empty_keys_survive_restart() {
         ],
     );
     harness.run_to_end(&config);
-    let expected: std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>> =
-        [((0, binary.to_vec()), b"3".to_vec()), ((0, Vec::new()), b"2".to_vec())].into_iter().collect();
+    let expected: std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>> = [
+        ((0, binary.to_vec()), b"3".to_vec()),
+        ((0, Vec::new()), b"2".to_vec()),
+    ]
+    .into_iter()
+    .collect();
     assert_eq!(harness.table(&config, "counts"), expected);
 
     // A restart keeps the bytes; so does a rebuild from the changelog.
@@ -184,19 +222,32 @@ fn delete_is_tombstone_after_recovery() {
     let harness = Harness::new();
     let config = config(&harness, 600_000);
     harness.topic("events", 1);
-    harness.produce("events", &[(0, Some(b"gone"), Some(b"x")), (0, Some(b"kept"), Some(b"x"))]);
+    harness.produce(
+        "events",
+        &[
+            (0, Some(b"gone"), Some(b"x")),
+            (0, Some(b"kept"), Some(b"x")),
+        ],
+    );
     harness.run_to_end(&config);
     harness.produce("events", &[(0, Some(b"gone"), Some(b"delete"))]);
     harness.run_to_end(&config);
 
     // The changelog ends with a tombstone for the deleted key.
     let changelog = harness.records(CHANGELOG);
-    let last_gone = changelog.iter().rev().find(|r| r.key.as_deref() == Some(b"gone".as_slice())).unwrap();
+    let last_gone = changelog
+        .iter()
+        .rev()
+        .find(|r| r.key.as_deref() == Some(b"gone".as_slice()))
+        .unwrap();
     assert_eq!(last_gone.value, None);
     assert_eq!(changelog.len(), 3);
 
     // The key stays deleted in the store and after a rebuild.
-    let expected: std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>> = [((0, b"kept".to_vec()), b"1".to_vec())].into_iter().collect();
+    let expected: std::collections::BTreeMap<(u32, Vec<u8>), Vec<u8>> =
+        [((0, b"kept".to_vec()), b"1".to_vec())]
+            .into_iter()
+            .collect();
     assert_eq!(harness.table(&config, "counts"), expected);
     harness.delete_table_state(&config, "counts");
     harness.run_to_end(&config);

@@ -16,7 +16,11 @@ use wasmtime::Engine;
 
 /// Loads the component at `path`, compiling it only when no compiled copy
 /// is cached in `cache_dir`.
-pub(super) fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> anyhow::Result<Component> {
+pub(super) fn load_component(
+    engine: &Engine,
+    path: &Path,
+    cache_dir: &Path,
+) -> anyhow::Result<Component> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let cached = cached_path(engine, &bytes, cache_dir);
 
@@ -37,7 +41,8 @@ pub(super) fn load_component(engine: &Engine, path: &Path, cache_dir: &Path) -> 
     }
 
     let started = std::time::Instant::now();
-    let component = Component::new(engine, &bytes).map_err(|e| anyhow!("{} is not a valid component: {e:?}", path.display()))?;
+    let component = Component::new(engine, &bytes)
+        .map_err(|e| anyhow!("{} is not a valid component: {e:?}", path.display()))?;
     tracing::info!(component = %path.display(), seconds = started.elapsed().as_secs_f64(), "agent.cache: compiled component");
 
     // A failure to cache only costs a recompile next time, so it is logged

@@ -82,7 +82,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.resources }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.resources,
+        }
     }
 }
 
@@ -118,7 +121,10 @@ impl types::Host for HostState {}
 impl tables::Host for HostState {}
 
 impl tables::HostTable for HostState {
-    fn open(&mut self, name: String) -> wasmtime::Result<Result<Resource<TableHandle>, tables::TableError>> {
+    fn open(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<TableHandle>, tables::TableError>> {
         let Some(&index) = self.grants.table_index.get(&name) else {
             tracing::warn!(agent = %self.grants.name, table = %name, "agent.table_open: rejected undeclared table");
             return Ok(Err(tables::TableError::Undeclared(name)));
@@ -126,7 +132,11 @@ impl tables::HostTable for HostState {
         Ok(Ok(self.resources.push(TableHandle { index })?))
     }
 
-    fn get(&mut self, this: Resource<TableHandle>, key: Vec<u8>) -> wasmtime::Result<Result<Option<Vec<u8>>, tables::TableError>> {
+    fn get(
+        &mut self,
+        this: Resource<TableHandle>,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, tables::TableError>> {
         let handle = self.handle(&this)?;
         if let Some(len) = self.check_key(&key) {
             return Ok(Err(tables::TableError::KeyTooLarge(len)));
@@ -134,7 +144,12 @@ impl tables::HostTable for HostState {
         Ok(self.read(handle, &key))
     }
 
-    fn set(&mut self, this: Resource<TableHandle>, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), tables::TableError>> {
+    fn set(
+        &mut self,
+        this: Resource<TableHandle>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), tables::TableError>> {
         let handle = self.handle(&this)?;
         if let Some(len) = self.check_key(&key) {
             return Ok(Err(tables::TableError::KeyTooLarge(len)));
@@ -146,7 +161,11 @@ impl tables::HostTable for HostState {
         Ok(Ok(()))
     }
 
-    fn delete(&mut self, this: Resource<TableHandle>, key: Vec<u8>) -> wasmtime::Result<Result<(), tables::TableError>> {
+    fn delete(
+        &mut self,
+        this: Resource<TableHandle>,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), tables::TableError>> {
         let handle = self.handle(&this)?;
         if let Some(len) = self.check_key(&key) {
             return Ok(Err(tables::TableError::KeyTooLarge(len)));
@@ -155,7 +174,11 @@ impl tables::HostTable for HostState {
         Ok(Ok(()))
     }
 
-    fn contains(&mut self, this: Resource<TableHandle>, key: Vec<u8>) -> wasmtime::Result<Result<bool, tables::TableError>> {
+    fn contains(
+        &mut self,
+        this: Resource<TableHandle>,
+        key: Vec<u8>,
+    ) -> wasmtime::Result<Result<bool, tables::TableError>> {
         let handle = self.handle(&this)?;
         if let Some(len) = self.check_key(&key) {
             return Ok(Err(tables::TableError::KeyTooLarge(len)));
@@ -188,7 +211,12 @@ impl output::Host for HostState {
             return Ok(Err(output::SendError::ValueTooLarge(len)));
         }
         let headers = headers.into_iter().map(|h| (h.key, h.value)).collect();
-        self.effects.outputs.push(OutputRecord { topic, key, value, headers });
+        self.effects.outputs.push(OutputRecord {
+            topic,
+            key,
+            value,
+            headers,
+        });
         Ok(Ok(()))
     }
 }

@@ -27,8 +27,8 @@ use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-pub use host::{AgentGrants, BatchEffects, OutputRecord, TableHandle};
 use host::HostState;
+pub use host::{AgentGrants, BatchEffects, OutputRecord, TableHandle};
 
 use crate::config::AgentConfig;
 use crate::store::Partition;
@@ -72,7 +72,8 @@ impl AgentRuntime {
         let mut config = wasmtime::Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| anyhow!("agent: failed to create the wasmtime engine: {e}"))?;
+        let engine = Engine::new(&config)
+            .map_err(|e| anyhow!("agent: failed to create the wasmtime engine: {e}"))?;
 
         // One thread advances the epoch every tick for every store of this
         // engine; stores trap when their deadline, counted in ticks, passes.
@@ -90,7 +91,11 @@ impl AgentRuntime {
                 })
                 .context("agent: failed to start the epoch thread")?;
         }
-        Ok(Self { engine, cache_dir: cache_dir.to_owned(), ticker_stop })
+        Ok(Self {
+            engine,
+            cache_dir: cache_dir.to_owned(),
+            ticker_stop,
+        })
     }
 
     /// Loads the component of `config`, from the compiled cache when it is
@@ -102,20 +107,41 @@ impl AgentRuntime {
     /// imports something the host does not provide.
     pub fn load(&self, config: &AgentConfig, tables: Vec<Arc<Table>>) -> anyhow::Result<Agent> {
         let component = cache::load_component(&self.engine, &config.component, &self.cache_dir)
-            .with_context(|| format!("agent {}: failed to load component {}", config.name, config.component.display()))?;
+            .with_context(|| {
+                format!(
+                    "agent {}: failed to load component {}",
+                    config.name,
+                    config.component.display()
+                )
+            })?;
 
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow!("agent {}: failed to link WASI: {e}", config.name))?;
-        bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(|e| anyhow!("agent {}: failed to link the tablehost imports: {e}", config.name))?;
+        bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(
+            |e| {
+                anyhow!(
+                    "agent {}: failed to link the tablehost imports: {e}",
+                    config.name
+                )
+            },
+        )?;
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             anyhow!("agent {}: component {} cannot be linked: {e}; it may import interfaces outside the tablehost:agent world", config.name, config.component.display())
         })?;
-        let pre = bindings::AgentPre::new(pre)
-            .map_err(|e| anyhow!("agent {}: component does not export tablehost:agent/handler: {e}", config.name))?;
+        let pre = bindings::AgentPre::new(pre).map_err(|e| {
+            anyhow!(
+                "agent {}: component does not export tablehost:agent/handler: {e}",
+                config.name
+            )
+        })?;
 
-        let table_index = config.tables.iter().enumerate().map(|(i, name)| (name.clone(), i)).collect();
+        let table_index = config
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.clone(), i))
+            .collect();
         let grants = Arc::new(AgentGrants {
             name: config.name.clone(),
             tables,
@@ -123,7 +149,13 @@ impl AgentRuntime {
             outputs: config.outputs.clone(),
             limits: config.limits.clone(),
         });
-        Ok(Agent { engine: self.engine.clone(), pre, grants, instance: None, traps: 0 })
+        Ok(Agent {
+            engine: self.engine.clone(),
+            pre,
+            grants,
+            instance: None,
+            traps: 0,
+        })
     }
 }
 
@@ -188,7 +220,9 @@ impl Agent {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         // The agent gets no files, network, environment or arguments; only
         // stderr is captured, so a panic message can be logged.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .build();
         let state = HostState {
             wasi,
             resources: Default::default(),
@@ -211,22 +245,38 @@ impl Agent {
         Ok(Instance { store, bindings })
     }
 
-    fn call(&mut self, events: &[Event], partition: Partition) -> anyhow::Result<Result<BatchEffects, CallError>> {
+    fn call(
+        &mut self,
+        events: &[Event],
+        partition: Partition,
+    ) -> anyhow::Result<Result<BatchEffects, CallError>> {
         if self.instance.is_none() {
             self.instance = Some(self.instantiate()?);
         }
         let instance = self.instance.as_mut().expect("instance was just created");
-        let ticks = self.grants.limits.cpu_ms_per_event.saturating_mul(events.len() as u64).max(1);
+        let ticks = self
+            .grants
+            .limits
+            .cpu_ms_per_event
+            .saturating_mul(events.len() as u64)
+            .max(1);
         instance.store.set_epoch_deadline(ticks);
-        instance.store.data_mut().effects = BatchEffects { partition, ..Default::default() };
+        instance.store.data_mut().effects = BatchEffects {
+            partition,
+            ..Default::default()
+        };
 
-        let result = instance.bindings.tablehost_agent_handler().call_handle(&mut instance.store, events);
+        let result = instance
+            .bindings
+            .tablehost_agent_handler()
+            .call_handle(&mut instance.store, events);
         let effects = std::mem::take(&mut instance.store.data_mut().effects);
         match result {
             Ok(Ok(())) => Ok(Ok(effects)),
             Ok(Err(message)) => Ok(Err(CallError::Failed(message))),
             Err(trap) => {
-                let stderr = String::from_utf8_lossy(&instance.store.data().stderr.contents()).into_owned();
+                let stderr =
+                    String::from_utf8_lossy(&instance.store.data().stderr.contents()).into_owned();
                 let mut text = match trap.downcast_ref::<wasmtime::Trap>() {
                     Some(wasm_trap) => format!("trap: {wasm_trap}"),
                     // Limiter and host-call failures wrap their cause in a
@@ -235,7 +285,11 @@ impl Agent {
                 };
                 // A Rust guest's panic prints its message, then a hint about
                 // RUST_BACKTRACE; the message is the last line that is not a hint.
-                if let Some(line) = stderr.lines().rev().find(|l| !l.trim().is_empty() && !l.starts_with("note:")) {
+                if let Some(line) = stderr
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty() && !l.starts_with("note:"))
+                {
                     text = format!("{text}; agent stderr: {}", line.trim());
                 }
                 self.instance = None;
@@ -252,7 +306,11 @@ impl Agent {
     ///
     /// Fails only when an instance cannot be created, which no event can
     /// fix; failures of single events become dead letters instead.
-    pub fn handle(&mut self, events: &[Event], partition: Partition) -> anyhow::Result<BatchOutcome> {
+    pub fn handle(
+        &mut self,
+        events: &[Event],
+        partition: Partition,
+    ) -> anyhow::Result<BatchOutcome> {
         let mut outcome = BatchOutcome::default();
         match self.call(events, partition)? {
             Ok(effects) => self.apply(effects, &mut outcome),
@@ -274,10 +332,17 @@ impl Agent {
         Ok(outcome)
     }
 
-    fn handle_one(&mut self, event: &Event, partition: Partition, outcome: &mut BatchOutcome) -> anyhow::Result<()> {
+    fn handle_one(
+        &mut self,
+        event: &Event,
+        partition: Partition,
+        outcome: &mut BatchOutcome,
+    ) -> anyhow::Result<()> {
         match self.call(std::slice::from_ref(event), partition)? {
             Ok(effects) => self.apply(effects, outcome),
-            Err(CallError::Trap(message) | CallError::Failed(message)) => self.dead_letter(event, message, outcome),
+            Err(CallError::Trap(message) | CallError::Failed(message)) => {
+                self.dead_letter(event, message, outcome)
+            }
         }
         Ok(())
     }
@@ -291,7 +356,10 @@ impl Agent {
             error = %error,
             "agent.handle: event failed; sending it to the dead-letter topic"
         );
-        outcome.dead_letters.push(DeadLetter { event: event.clone(), error });
+        outcome.dead_letters.push(DeadLetter {
+            event: event.clone(),
+            error,
+        });
     }
 
     fn apply(&self, effects: BatchEffects, outcome: &mut BatchOutcome) {
@@ -308,6 +376,13 @@ impl Agent {
 ///
 /// Panics when a declared table is missing from `tables`; config validation
 /// rules that out.
-pub fn grants_tables(config: &AgentConfig, tables: &BTreeMap<String, Arc<Table>>) -> Vec<Arc<Table>> {
-    config.tables.iter().map(|name| tables[name].clone()).collect()
+pub fn grants_tables(
+    config: &AgentConfig,
+    tables: &BTreeMap<String, Arc<Table>>,
+) -> Vec<Arc<Table>> {
+    config
+        .tables
+        .iter()
+        .map(|name| tables[name].clone())
+        .collect()
 }

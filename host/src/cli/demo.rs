@@ -52,20 +52,31 @@ struct Delays {
 pub(super) fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     if config.brokers.is_some() {
-        bail!("demo: {} sets `brokers`; the demo runs on the embedded cluster, so remove the key", args.config.display());
+        bail!(
+            "demo: {} sets `brokers`; the demo runs on the embedded cluster, so remove the key",
+            args.config.display()
+        );
     }
     if !config.tables.iter().any(|t| t.name == TABLE) {
         bail!("demo: {} declares no table {TABLE}", args.config.display());
     }
     let state_dir = config.state_dir();
     if state_dir.exists() {
-        std::fs::remove_dir_all(&state_dir).with_context(|| format!("demo: cannot clear {}", state_dir.display()))?;
+        std::fs::remove_dir_all(&state_dir)
+            .with_context(|| format!("demo: cannot clear {}", state_dir.display()))?;
     }
     let kafka = Arc::new(Kafka::embedded(config.kafka.clone())?);
-    let partitions = config.topics.iter().find(|t| t.name == SOURCE).map_or(8, |t| t.partitions);
+    let partitions = config
+        .topics
+        .iter()
+        .find(|t| t.name == SOURCE)
+        .map_or(8, |t| t.partitions);
     kafka.ensure_topic(SOURCE, partitions, TopicKind::Plain)?;
 
-    println!("== phase 1: load {} into topic {SOURCE} while agent flight-delays consumes it", args.data.display());
+    println!(
+        "== phase 1: load {} into topic {SOURCE} while agent flight-delays consumes it",
+        args.data.display()
+    );
     let ends = Arc::new(Mutex::new(None));
     let shutdown = Arc::new(Shutdown::default());
     let loader = {
@@ -76,19 +87,35 @@ pub(super) fn demo(args: DemoArgs) -> anyhow::Result<()> {
         std::thread::spawn(move || {
             let result = feed(
                 &kafka,
-                &FeedOptions { path: &data, format: None, key_field: "origin", topic: SOURCE, partitions, progress: false },
+                &FeedOptions {
+                    path: &data,
+                    format: None,
+                    key_field: "origin",
+                    topic: SOURCE,
+                    partitions,
+                    progress: false,
+                },
             );
             match &result {
-                Ok(summary) => *ends.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary.end_offsets.clone()),
+                Ok(summary) => {
+                    *ends.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(summary.end_offsets.clone())
+                }
                 // Without end offsets the worker would wait forever.
                 Err(_) => shutdown.request(),
             }
             result
         })
     };
-    let options = RunOptions { stop_at_end: true, end_offsets: Some(ends), ..Default::default() };
+    let options = RunOptions {
+        stop_at_end: true,
+        end_offsets: Some(ends),
+        ..Default::default()
+    };
     let first = run(&config, kafka.clone(), shutdown, options);
-    let loaded = loader.join().map_err(|_| anyhow::anyhow!("demo: the loader thread panicked"))??;
+    let loaded = loader
+        .join()
+        .map_err(|_| anyhow::anyhow!("demo: the loader thread panicked"))??;
     let first = first?;
     println!(
         "load: {} records in {:.1} s ({:.0} records/s)",
@@ -104,7 +131,10 @@ pub(super) fn demo(args: DemoArgs) -> anyhow::Result<()> {
     let long_delays = count_records(&kafka, LONG_DELAYS)?;
     println!("{LONG_DELAYS}: {long_delays} records");
 
-    println!("\n== phase 3: check against an independent computation over {}", args.data.display());
+    println!(
+        "\n== phase 3: check against an independent computation over {}",
+        args.data.display()
+    );
     let started = std::time::Instant::now();
     let reference = flights_reference(&args.data)?;
     check_reference(&before, long_delays, &reference)?;
@@ -118,9 +148,18 @@ pub(super) fn demo(args: DemoArgs) -> anyhow::Result<()> {
 
     println!("\n== phase 4: delete the RocksDB state and recover it from the changelog");
     let dir = table_dir(&state_dir, TABLE);
-    std::fs::remove_dir_all(&dir).with_context(|| format!("demo: cannot delete {}", dir.display()))?;
+    std::fs::remove_dir_all(&dir)
+        .with_context(|| format!("demo: cannot delete {}", dir.display()))?;
     println!("deleted {}", dir.display());
-    let second = run(&config, kafka.clone(), Arc::new(Shutdown::default()), RunOptions { stop_at_end: true, ..Default::default() })?;
+    let second = run(
+        &config,
+        kafka.clone(),
+        Arc::new(Shutdown::default()),
+        RunOptions {
+            stop_at_end: true,
+            ..Default::default()
+        },
+    )?;
     let replayed: u64 = second.recoveries.iter().map(|r| r.replayed).sum();
     let after = read_table(&config)?;
     if after != before {
@@ -137,15 +176,27 @@ pub(super) fn demo(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 fn read_table(config: &Config) -> anyhow::Result<BTreeMap<String, Delays>> {
-    let table_config = config.tables.iter().find(|t| t.name == TABLE).expect("checked at start");
-    let store = RocksStore::open(TABLE, &table_dir(&config.state_dir(), TABLE), &table_config.rocksdb)?;
+    let table_config = config
+        .tables
+        .iter()
+        .find(|t| t.name == TABLE)
+        .expect("checked at start");
+    let store = RocksStore::open(
+        TABLE,
+        &table_dir(&config.state_dir(), TABLE),
+        &table_config.rocksdb,
+    )?;
     let mut out = BTreeMap::new();
     for partition in store.partitions()? {
         for entry in store.iter(partition)? {
             let (key, value) = entry?;
             let origin = String::from_utf8(key).context("demo: a table key is not UTF-8")?;
-            let delays: Delays = serde_json::from_slice(&value)
-                .with_context(|| format!("demo: value of {origin} is not a delays object: {}", String::from_utf8_lossy(&value)))?;
+            let delays: Delays = serde_json::from_slice(&value).with_context(|| {
+                format!(
+                    "demo: value of {origin} is not a delays object: {}",
+                    String::from_utf8_lossy(&value)
+                )
+            })?;
             out.insert(origin, delays);
         }
     }
@@ -160,15 +211,27 @@ fn print_top(table: &BTreeMap<String, Delays>) -> anyhow::Result<()> {
         .collect();
     ranked.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(b.0)));
     println!("top 10 origins by average delay (at least {MIN_FLIGHTS} flights):");
-    println!("{:>4}  {:<6} {:>9} {:>13} {:>10}", "rank", "origin", "flights", "avg delay min", "max delay");
+    println!(
+        "{:>4}  {:<6} {:>9} {:>15} {:>15}",
+        "rank", "origin", "flights", "avg delay (min)", "max delay (min)"
+    );
     for (rank, (origin, delays, average)) in ranked.iter().take(10).enumerate() {
-        println!("{:>4}  {:<6} {:>9} {:>13.2} {:>10}", rank + 1, origin, delays.flights, average, delays.delay_max);
+        println!(
+            "{:>4}  {:<6} {:>9} {:>15.2} {:>15}",
+            rank + 1,
+            origin,
+            delays.flights,
+            average,
+            delays.delay_max
+        );
     }
     Ok(())
 }
 
 fn count_records(kafka: &Kafka, topic: &str) -> anyhow::Result<u64> {
-    let partitions = kafka.partition_count(topic)?.with_context(|| format!("demo: topic {topic} does not exist"))?;
+    let partitions = kafka
+        .partition_count(topic)?
+        .with_context(|| format!("demo: topic {topic} does not exist"))?;
     let mut total = 0;
     for partition in 0..partitions {
         let (low, high) = kafka.watermarks(topic, partition)?;
@@ -180,13 +243,23 @@ fn count_records(kafka: &Kafka, topic: &str) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-fn check_reference(table: &BTreeMap<String, Delays>, long_delays: u64, reference: &Reference) -> anyhow::Result<()> {
+fn check_reference(
+    table: &BTreeMap<String, Delays>,
+    long_delays: u64,
+    reference: &Reference,
+) -> anyhow::Result<()> {
     let mut mismatches = Vec::new();
     for (origin, expected) in &reference.origins {
-        let expected = Delays { flights: expected.flights, delay_total: expected.delay_total, delay_max: expected.delay_max };
+        let expected = Delays {
+            flights: expected.flights,
+            delay_total: expected.delay_total,
+            delay_max: expected.delay_max,
+        };
         match table.get(origin) {
             Some(actual) if *actual == expected => {}
-            Some(actual) => mismatches.push(format!("{origin}: table {actual:?}, expected {expected:?}")),
+            Some(actual) => {
+                mismatches.push(format!("{origin}: table {actual:?}, expected {expected:?}"))
+            }
             None => mismatches.push(format!("{origin}: missing from the table")),
         }
     }
@@ -194,10 +267,17 @@ fn check_reference(table: &BTreeMap<String, Delays>, long_delays: u64, reference
         mismatches.push(format!("{origin}: in the table but not in the file"));
     }
     if long_delays != reference.long_delays {
-        mismatches.push(format!("{LONG_DELAYS}: {long_delays} records, expected {}", reference.long_delays));
+        mismatches.push(format!(
+            "{LONG_DELAYS}: {long_delays} records, expected {}",
+            reference.long_delays
+        ));
     }
     if !mismatches.is_empty() {
-        bail!("demo: {} mismatches with the independent computation, first: {}", mismatches.len(), mismatches[0]);
+        bail!(
+            "demo: {} mismatches with the independent computation, first: {}",
+            mismatches.len(),
+            mismatches[0]
+        );
     }
     Ok(())
 }

@@ -37,7 +37,8 @@ pub struct InputArgs {
     /// The field whose value becomes the record key.
     #[arg(long, value_name = "FIELD")]
     pub key_field: String,
-    /// The input format; by default taken from the file extension (.jsonl, .ndjson, .json, .csv, .parquet).
+    /// The input format: jsonl, csv or parquet. By default taken from the
+    /// file extension (.jsonl, .ndjson, .json, .csv, .parquet).
     #[arg(long)]
     pub format: Option<InputFormat>,
     /// Partitions to create the topic with when it does not exist; by
@@ -49,11 +50,20 @@ pub struct InputArgs {
 impl InputArgs {
     /// Returns the partition count for `topic`: the existing topic's, else
     /// `--partitions`, else the config's [[topics]] entry, else 8.
-    pub(crate) fn partitions(&self, kafka: &crate::kafka::Kafka, config: &crate::config::Config, topic: &str) -> anyhow::Result<u32> {
+    pub(crate) fn partitions(
+        &self,
+        kafka: &crate::kafka::Kafka,
+        config: &crate::config::Config,
+        topic: &str,
+    ) -> anyhow::Result<u32> {
         if let Some(existing) = kafka.partition_count(topic)? {
             return Ok(self.partitions.unwrap_or(existing));
         }
-        let configured = config.topics.iter().find(|t| t.name == topic).map(|t| t.partitions);
+        let configured = config
+            .topics
+            .iter()
+            .find(|t| t.name == topic)
+            .map(|t| t.partitions);
         Ok(self.partitions.or(configured).unwrap_or(8))
     }
 }

@@ -28,7 +28,8 @@ pub(super) struct RunArgs {
     /// The field whose value becomes the record key of each loaded row.
     #[arg(long, value_name = "FIELD", requires = "load")]
     key_field: Option<String>,
-    /// The format of the `--load` file; by default taken from its extension.
+    /// The format of the `--load` file: jsonl, csv or parquet. By default
+    /// taken from its extension.
     #[arg(long, requires = "load")]
     format: Option<crate::load::InputFormat>,
     /// Partitions to create the `--load` topic with when it does not exist;
@@ -46,7 +47,10 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     let shutdown = Arc::new(Shutdown::default());
     install_signal_handler(shutdown.clone())?;
 
-    let mut options = RunOptions { stop_at_end: args.stop_at_end, ..Default::default() };
+    let mut options = RunOptions {
+        stop_at_end: args.stop_at_end,
+        ..Default::default()
+    };
     let mut loader = None;
     if let Some(path) = args.load.clone() {
         let input = InputArgs {
@@ -54,7 +58,10 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
             format: args.format,
             partitions: args.partitions,
         };
-        let topic = args.topic.clone().unwrap_or_else(|| config.agents[0].sources[0].clone());
+        let topic = args
+            .topic
+            .clone()
+            .unwrap_or_else(|| config.agents[0].sources[0].clone());
         let partitions = input.partitions(&kafka, &config, &topic)?;
         // The worker checks its source topics at start, so the topic must
         // exist before the loader's first record.
@@ -76,7 +83,10 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
                 },
             );
             match &result {
-                Ok(summary) => *ends.lock().unwrap_or_else(|p| p.into_inner()) = Some(summary.end_offsets.clone()),
+                Ok(summary) => {
+                    *ends.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(summary.end_offsets.clone())
+                }
                 // Without its input the run cannot finish; drain what was loaded and stop.
                 Err(_) => shutdown.request(),
             }
@@ -86,8 +96,15 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let summary = run_worker(&config, kafka, shutdown, options);
     if let Some(loader) = loader {
-        let loaded = loader.join().map_err(|_| anyhow::anyhow!("the loader thread panicked"))??;
-        println!("loaded {} records in {:.1} s ({:.0} records/s)", loaded.records, loaded.seconds, loaded.records as f64 / loaded.seconds.max(1e-9));
+        let loaded = loader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the loader thread panicked"))??;
+        println!(
+            "loaded {} records in {:.1} s ({:.0} records/s)",
+            loaded.records,
+            loaded.seconds,
+            loaded.records as f64 / loaded.seconds.max(1e-9)
+        );
     }
     print_summary(&summary?);
     Ok(())
@@ -101,7 +118,9 @@ pub(super) fn connect(config: &Config) -> anyhow::Result<Kafka> {
 }
 
 pub(super) fn install_signal_handler(shutdown: Arc<Shutdown>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::Builder::new().name("tablehost-signals".into()).spawn(move || {
         runtime.block_on(async {
             let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {

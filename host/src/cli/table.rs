@@ -74,16 +74,27 @@ fn open(config_path: &std::path::Path, table: &str) -> anyhow::Result<RocksStore
     let config = Config::load(config_path)?;
     let Some(table_config) = config.tables.iter().find(|t| t.name == table) else {
         let names: Vec<_> = config.tables.iter().map(|t| t.name.as_str()).collect();
-        bail!("table {table} is not declared in {}; declared tables: {}", config_path.display(), names.join(", "));
+        bail!(
+            "table {table} is not declared in {}; declared tables: {}",
+            config_path.display(),
+            names.join(", ")
+        );
     };
     if table_config.store == StoreKind::Memory {
-        bail!("table {table} uses the memory store, which keeps nothing on disk; its state lives only in the changelog topic");
+        bail!(
+            "table {table} uses the memory store, which keeps nothing on disk; set store = \"rocksdb\" for the \
+             table and run the application again to read it here"
+        );
     }
     let dir = table_dir(&config.state_dir(), table);
     if !dir.is_dir() {
-        bail!("table {table}: no state at {}; run the application first", dir.display());
+        bail!(
+            "table {table}: no state at {}; run the application first",
+            dir.display()
+        );
     }
-    RocksStore::open(table, &dir, &table_config.rocksdb).with_context(|| format!("table {table}: stop the application before reading its state"))
+    RocksStore::open(table, &dir, &table_config.rocksdb)
+        .with_context(|| format!("table {table}: stop the application before reading its state"))
 }
 
 /// Renders one entry as a JSON object.
@@ -109,8 +120,17 @@ mod tests {
 
     #[test]
     fn render_shows_json_text_and_hex() {
-        assert_eq!(render(b"ATL", br#"{"flights":2}"#, 3).to_string(), r#"{"key":"ATL","partition":3,"value":{"flights":2}}"#);
-        assert_eq!(render(&[0xff, 0x00], b"plain", 0).to_string(), r#"{"key":{"hex":"ff00"},"partition":0,"value":"plain"}"#);
-        assert_eq!(render(b"", b"", 1).to_string(), r#"{"key":"","partition":1,"value":""}"#);
+        assert_eq!(
+            render(b"ATL", br#"{"flights":2}"#, 3).to_string(),
+            r#"{"key":"ATL","partition":3,"value":{"flights":2}}"#
+        );
+        assert_eq!(
+            render(&[0xff, 0x00], b"plain", 0).to_string(),
+            r#"{"key":{"hex":"ff00"},"partition":0,"value":"plain"}"#
+        );
+        assert_eq!(
+            render(b"", b"", 1).to_string(),
+            r#"{"key":"","partition":1,"value":""}"#
+        );
     }
 }

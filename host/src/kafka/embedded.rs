@@ -71,7 +71,10 @@ impl EmbeddedCluster {
     pub fn start() -> anyhow::Result<Self> {
         let cluster = MockCluster::new(1).context("kafka: failed to start the embedded cluster")?;
         tracing::info!(bootstrap = %cluster.bootstrap_servers(), "kafka.embedded: started in-process cluster");
-        Ok(Self { cluster, ledger: RetentionLedger::default() })
+        Ok(Self {
+            cluster,
+            ledger: RetentionLedger::default(),
+        })
     }
 
     /// Returns the cluster's bootstrap servers.
@@ -158,7 +161,13 @@ impl RetentionLedger {
     ///
     /// Fails, without recording anything, when the partition would outgrow
     /// the retained window.
-    pub fn reserve(&self, topic: &str, partition: u32, bytes: u64, records: u64) -> Result<(), RetentionError> {
+    pub fn reserve(
+        &self,
+        topic: &str,
+        partition: u32,
+        bytes: u64,
+        records: u64,
+    ) -> Result<(), RetentionError> {
         let mut usage = self.lock();
         let entry = usage.entry((topic.to_owned(), partition)).or_default();
         let (pending_bytes, pending_records) = entry.pending();
@@ -185,7 +194,13 @@ impl RetentionLedger {
     ///
     /// Fails when no room appears within `timeout`, which means nothing is
     /// consuming the partition.
-    pub fn wait_for_room(&self, topic: &str, partition: u32, bytes: u64, timeout: Duration) -> Result<(), RetentionError> {
+    pub fn wait_for_room(
+        &self,
+        topic: &str,
+        partition: u32,
+        bytes: u64,
+        timeout: Duration,
+    ) -> Result<(), RetentionError> {
         let deadline = Instant::now() + timeout;
         let mut usage = self.lock();
         loop {
@@ -210,7 +225,11 @@ impl RetentionLedger {
                     retained_batches: RETAINED_BATCHES,
                 });
             }
-            usage = self.released.wait_timeout(usage, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            usage = self
+                .released
+                .wait_timeout(usage, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
@@ -244,15 +263,21 @@ mod tests {
     #[test]
     fn ledger_wait_times_out_without_release() {
         let ledger = RetentionLedger::default();
-        ledger.wait_for_room("src", 0, USABLE_BYTES, Duration::from_millis(10)).unwrap();
-        let error = ledger.wait_for_room("src", 0, 100, Duration::from_millis(10)).unwrap_err();
+        ledger
+            .wait_for_room("src", 0, USABLE_BYTES, Duration::from_millis(10))
+            .unwrap();
+        let error = ledger
+            .wait_for_room("src", 0, 100, Duration::from_millis(10))
+            .unwrap_err();
         assert_eq!(error.records, 2);
     }
 
     #[test]
     fn ledger_release_makes_room() {
         let ledger = std::sync::Arc::new(RetentionLedger::default());
-        ledger.wait_for_room("src", 0, USABLE_BYTES, Duration::from_millis(10)).unwrap();
+        ledger
+            .wait_for_room("src", 0, USABLE_BYTES, Duration::from_millis(10))
+            .unwrap();
         let releaser = {
             let ledger = ledger.clone();
             std::thread::spawn(move || {
@@ -260,7 +285,9 @@ mod tests {
                 ledger.release("src", 0, USABLE_BYTES, 1);
             })
         };
-        ledger.wait_for_room("src", 0, 100, Duration::from_secs(10)).unwrap();
+        ledger
+            .wait_for_room("src", 0, 100, Duration::from_secs(10))
+            .unwrap();
         releaser.join().unwrap();
     }
 
@@ -268,6 +295,10 @@ mod tests {
     fn embedded_cluster_creates_topic() {
         let cluster = EmbeddedCluster::start().unwrap();
         cluster.create_topic("events", 3).unwrap();
-        assert!(cluster.bootstrap_servers().starts_with("127.0.0.1:"), "{}", cluster.bootstrap_servers());
+        assert!(
+            cluster.bootstrap_servers().starts_with("127.0.0.1:"),
+            "{}",
+            cluster.bootstrap_servers()
+        );
     }
 }

@@ -35,7 +35,10 @@ pub struct Kafka {
 
 impl std::fmt::Debug for Kafka {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kafka").field("bootstrap", &self.bootstrap).field("embedded", &self.embedded.is_some()).finish()
+        f.debug_struct("Kafka")
+            .field("bootstrap", &self.bootstrap)
+            .field("embedded", &self.embedded.is_some())
+            .finish()
     }
 }
 
@@ -87,7 +90,12 @@ impl Kafka {
         let admin: AdminClient<DefaultClientContext> = config
             .create()
             .with_context(|| format!("kafka: failed to create an admin client for {bootstrap}; check the [kafka] properties"))?;
-        Ok(Self { bootstrap, properties, embedded, admin })
+        Ok(Self {
+            bootstrap,
+            properties,
+            embedded,
+            admin,
+        })
     }
 
     /// Returns the bootstrap servers.
@@ -122,7 +130,12 @@ impl Kafka {
             .admin
             .inner()
             .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-            .with_context(|| format!("kafka: failed to fetch metadata of topic {topic} from {}", self.bootstrap))?;
+            .with_context(|| {
+                format!(
+                    "kafka: failed to fetch metadata of topic {topic} from {}",
+                    self.bootstrap
+                )
+            })?;
         let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
             return Ok(None);
         };
@@ -139,7 +152,12 @@ impl Kafka {
     ///
     /// Fails when the topic exists with another partition count, or when the
     /// cluster rejects the creation.
-    pub fn ensure_topic(&self, topic: &str, partitions: u32, kind: TopicKind) -> anyhow::Result<()> {
+    pub fn ensure_topic(
+        &self,
+        topic: &str,
+        partitions: u32,
+        kind: TopicKind,
+    ) -> anyhow::Result<()> {
         if let Some(existing) = self.partition_count(topic)? {
             if existing != partitions {
                 bail!(
@@ -150,7 +168,12 @@ impl Kafka {
             return Ok(());
         }
 
-        tracing::info!(topic, partitions, ?kind, "kafka.create_topic: creating missing topic");
+        tracing::info!(
+            topic,
+            partitions,
+            ?kind,
+            "kafka.create_topic: creating missing topic"
+        );
         if let Some(cluster) = &self.embedded {
             // NOTE: the embedded cluster has no topic configs, so a changelog
             // there is not compacted; the embedded module's retention guard

@@ -36,13 +36,18 @@ impl ProducerContext for DeliveryTracker {
         match result {
             Ok(message) => {
                 let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
-                let entry = acked.entry((message.topic().to_owned(), message.partition())).or_insert(-1);
+                let entry = acked
+                    .entry((message.topic().to_owned(), message.partition()))
+                    .or_insert(-1);
                 *entry = (*entry).max(message.offset());
             }
             Err((error, message)) => {
                 let text = format!("{}/{}: {error}", message.topic(), message.partition());
                 tracing::error!(topic = message.topic(), partition = message.partition(), %error, "kafka.produce: delivery failed");
-                self.failures.lock().unwrap_or_else(|p| p.into_inner()).push(text);
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(text);
             }
         }
     }
@@ -112,7 +117,10 @@ impl TrackedProducer {
             if !headers.is_empty() {
                 let mut owned = OwnedHeaders::new_with_capacity(headers.len());
                 for (name, value) in headers {
-                    owned = owned.insert(Header { key: name, value: Some(value) });
+                    owned = owned.insert(Header {
+                        key: name,
+                        value: Some(value),
+                    });
                 }
                 record = record.headers(owned);
             }
@@ -140,13 +148,23 @@ impl TrackedProducer {
     /// the caller must not commit source offsets then.
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<Acknowledged> {
         self.producer.flush(timeout).with_context(|| {
-            format!("kafka: {} records were not acknowledged within {timeout:?}", self.producer.in_flight_count())
+            format!(
+                "kafka: {} records were not acknowledged within {timeout:?}",
+                self.producer.in_flight_count()
+            )
         })?;
         let context = self.producer.context();
-        let failures = std::mem::take(&mut *context.failures.lock().unwrap_or_else(|p| p.into_inner()));
+        let failures =
+            std::mem::take(&mut *context.failures.lock().unwrap_or_else(|p| p.into_inner()));
         if !failures.is_empty() {
-            bail!("kafka: {} records were not delivered, first: {}", failures.len(), failures[0]);
+            bail!(
+                "kafka: {} records were not delivered, first: {}",
+                failures.len(),
+                failures[0]
+            );
         }
-        Ok(std::mem::take(&mut *context.acked.lock().unwrap_or_else(|p| p.into_inner())))
+        Ok(std::mem::take(
+            &mut *context.acked.lock().unwrap_or_else(|p| p.into_inner()),
+        ))
     }
 }

@@ -29,21 +29,34 @@ impl MemoryStore {
         // A panic while holding the lock cannot leave a map half-updated,
         // because every write is a single map operation, so a poisoned lock
         // still holds consistent data.
-        self.inner.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Store for MemoryStore {
     fn get(&self, partition: Partition, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.read().data.get(&partition).and_then(|p| p.get(key)).cloned())
+        Ok(self
+            .read()
+            .data
+            .get(&partition)
+            .and_then(|p| p.get(key))
+            .cloned())
     }
 
     fn set(&self, partition: Partition, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.write().data.entry(partition).or_default().insert(key.to_vec(), value.to_vec());
+        self.write()
+            .data
+            .entry(partition)
+            .or_default()
+            .insert(key.to_vec(), value.to_vec());
         Ok(())
     }
 

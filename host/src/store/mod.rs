@@ -193,9 +193,18 @@ pub(crate) mod contract {
     fn apply_changelog_sets_offset(store: &dyn Store) {
         assert_eq!(store.changelog_offset(4).unwrap(), None);
         let records = vec![
-            ChangelogRecord { key: b"x".to_vec(), value: Some(b"1".to_vec()) },
-            ChangelogRecord { key: vec![0xff, 0x00], value: Some(b"2".to_vec()) },
-            ChangelogRecord { key: b"x".to_vec(), value: None },
+            ChangelogRecord {
+                key: b"x".to_vec(),
+                value: Some(b"1".to_vec()),
+            },
+            ChangelogRecord {
+                key: vec![0xff, 0x00],
+                value: Some(b"2".to_vec()),
+            },
+            ChangelogRecord {
+                key: b"x".to_vec(),
+                value: None,
+            },
         ];
         store.apply_changelog(4, &records, 3).unwrap();
         assert_eq!(store.changelog_offset(4).unwrap(), Some(3));
@@ -211,7 +220,10 @@ pub(crate) mod contract {
             store.set(5, key, key).unwrap();
         }
         let all: Vec<Vec<u8>> = store.iter(5).unwrap().map(|e| e.unwrap().0).collect();
-        assert_eq!(all, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]);
+        assert_eq!(
+            all,
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+        );
         let middle: Vec<Vec<u8>> = store
             .range(5, Bound::Included(b"b"), Bound::Excluded(b"d"))
             .unwrap()
@@ -221,7 +233,16 @@ pub(crate) mod contract {
     }
 
     fn drop_partition_removes_all(store: &dyn Store) {
-        store.apply_changelog(6, &[ChangelogRecord { key: b"k".to_vec(), value: Some(b"v".to_vec()) }], 1).unwrap();
+        store
+            .apply_changelog(
+                6,
+                &[ChangelogRecord {
+                    key: b"k".to_vec(),
+                    value: Some(b"v".to_vec()),
+                }],
+                1,
+            )
+            .unwrap();
         assert!(store.partitions().unwrap().contains(&6));
         store.drop_partition(6).unwrap();
         assert_eq!(store.get(6, b"k").unwrap(), None);

@@ -11,7 +11,9 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB};
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, ReadOptions, WriteBatch, DB,
+};
 use serde::Deserialize;
 
 use super::{in_range, ChangelogRecord, EntryIter, Partition, Store, StoreError};
@@ -33,7 +35,11 @@ pub struct RocksOptions {
 
 impl Default for RocksOptions {
     fn default() -> Self {
-        Self { write_buffer_mib: 64, max_open_files: 512, compression: true }
+        Self {
+            write_buffer_mib: 64,
+            max_open_files: 512,
+            compression: true,
+        }
     }
 }
 
@@ -46,7 +52,10 @@ pub struct RocksStore {
 
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksStore").field("table", &self.table).field("path", &self.path).finish()
+        f.debug_struct("RocksStore")
+            .field("table", &self.table)
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -88,7 +97,11 @@ impl RocksStore {
             open_error(message)
         })?;
         tracing::debug!(table, path = %path.display(), "store.open: rocksdb opened");
-        Ok(Self { table: table.to_owned(), path: path.to_owned(), db })
+        Ok(Self {
+            table: table.to_owned(),
+            path: path.to_owned(),
+            db,
+        })
     }
 
     /// Returns the directory of the database.
@@ -97,11 +110,23 @@ impl RocksStore {
     }
 
     fn offsets_cf(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(OFFSETS_CF).expect("the offsets column family is created at open")
+        self.db
+            .cf_handle(OFFSETS_CF)
+            .expect("the offsets column family is created at open")
     }
 
-    fn backend_error(&self, operation: &'static str, partition: Partition, e: rocksdb::Error) -> StoreError {
-        StoreError::Backend { table: self.table.clone(), operation, partition, message: e.to_string() }
+    fn backend_error(
+        &self,
+        operation: &'static str,
+        partition: Partition,
+        e: rocksdb::Error,
+    ) -> StoreError {
+        StoreError::Backend {
+            table: self.table.clone(),
+            operation,
+            partition,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -183,8 +208,14 @@ impl Store for RocksStore {
                 None => batch.delete(key),
             }
         }
-        batch.put_cf(self.offsets_cf(), partition.to_be_bytes(), next_offset.to_be_bytes());
-        self.db.write(batch).map_err(|e| self.backend_error("apply changelog", partition, e))
+        batch.put_cf(
+            self.offsets_cf(),
+            partition.to_be_bytes(),
+            next_offset.to_be_bytes(),
+        );
+        self.db
+            .write(batch)
+            .map_err(|e| self.backend_error("apply changelog", partition, e))
     }
 
     fn changelog_offset(&self, partition: Partition) -> Result<Option<i64>, StoreError> {
@@ -195,11 +226,15 @@ impl Store for RocksStore {
         match raw {
             None => Ok(None),
             Some(bytes) => {
-                let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| StoreError::CorruptOffset {
-                    table: self.table.clone(),
-                    partition,
-                    length: bytes.len(),
-                })?;
+                let array: [u8; 8] =
+                    bytes
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| StoreError::CorruptOffset {
+                            table: self.table.clone(),
+                            partition,
+                            length: bytes.len(),
+                        })?;
                 Ok(Some(i64::from_be_bytes(array)))
             }
         }
@@ -215,7 +250,9 @@ impl Store for RocksStore {
             None => batch.delete_range(start, vec![0xff; 5]),
         }
         batch.delete_cf(self.offsets_cf(), partition.to_be_bytes());
-        self.db.write(batch).map_err(|e| self.backend_error("drop partition", partition, e))
+        self.db
+            .write(batch)
+            .map_err(|e| self.backend_error("drop partition", partition, e))
     }
 
     fn partitions(&self) -> Result<Vec<Partition>, StoreError> {
@@ -230,10 +267,14 @@ impl Store for RocksStore {
         // seeking from one partition prefix to the next.
         let mut seek = Vec::new();
         loop {
-            let mut iter = self.db.iterator(IteratorMode::From(&seek, Direction::Forward));
+            let mut iter = self
+                .db
+                .iterator(IteratorMode::From(&seek, Direction::Forward));
             let Some(item) = iter.next() else { break };
             let (k, _) = item.map_err(|e| self.backend_error("list partitions", 0, e))?;
-            let Ok(array) = <[u8; 4]>::try_from(&k[..4.min(k.len())]) else { break };
+            let Ok(array) = <[u8; 4]>::try_from(&k[..4.min(k.len())]) else {
+                break;
+            };
             let partition = Partition::from_be_bytes(array);
             found.insert(partition);
             match partition.checked_add(1) {
@@ -245,7 +286,9 @@ impl Store for RocksStore {
     }
 
     fn persist(&self) -> Result<(), StoreError> {
-        self.db.flush_wal(true).map_err(|e| self.backend_error("persist", 0, e))
+        self.db
+            .flush_wal(true)
+            .map_err(|e| self.backend_error("persist", 0, e))
     }
 }
 
@@ -265,7 +308,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = RocksStore::open("t", dir.path(), &RocksOptions::default()).unwrap();
-            let records = [ChangelogRecord { key: vec![0x80, 0xfe], value: Some(b"v".to_vec()) }];
+            let records = [ChangelogRecord {
+                key: vec![0x80, 0xfe],
+                value: Some(b"v".to_vec()),
+            }];
             store.apply_changelog(7, &records, 42).unwrap();
             store.persist().unwrap();
         }
@@ -280,6 +326,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let _first = RocksStore::open("t", dir.path(), &RocksOptions::default()).unwrap();
         let second = RocksStore::open("t", dir.path(), &RocksOptions::default()).unwrap_err();
-        assert!(second.to_string().contains("another tablehost process"), "{second}");
+        assert!(
+            second.to_string().contains("another tablehost process"),
+            "{second}"
+        );
     }
 }

@@ -31,7 +31,10 @@ pub struct Table {
 
 impl std::fmt::Debug for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Table").field("name", &self.name).field("changelog_topic", &self.changelog_topic).finish()
+        f.debug_struct("Table")
+            .field("name", &self.name)
+            .field("changelog_topic", &self.changelog_topic)
+            .finish()
     }
 }
 
@@ -82,7 +85,10 @@ impl Table {
 
     /// Writes `value` (or a tombstone for `None`) to the write cache.
     pub fn put(&self, partition: Partition, key: Vec<u8>, value: Option<Vec<u8>>) {
-        self.dirty().entry(partition).or_default().insert(key, value);
+        self.dirty()
+            .entry(partition)
+            .or_default()
+            .insert(key, value);
     }
 
     /// Returns the number of dirty keys across partitions.
@@ -97,8 +103,10 @@ impl Table {
         let mut out: Vec<_> = drained
             .into_iter()
             .map(|(partition, entries)| {
-                let mut records: Vec<_> =
-                    entries.into_iter().map(|(key, value)| ChangelogRecord { key, value }).collect();
+                let mut records: Vec<_> = entries
+                    .into_iter()
+                    .map(|(key, value)| ChangelogRecord { key, value })
+                    .collect();
                 records.sort_by(|a, b| a.key.cmp(&b.key));
                 (partition, records)
             })
@@ -115,17 +123,26 @@ impl Table {
 
     /// Marks `partition` as recovered and owned by this worker.
     pub fn activate(&self, partition: Partition) {
-        self.active.lock().unwrap_or_else(|p| p.into_inner()).insert(partition);
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(partition);
     }
 
     /// Marks `partition` as no longer owned by this worker.
     pub fn deactivate(&self, partition: Partition) {
-        self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&partition);
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&partition);
     }
 
     /// Returns whether `partition` is owned by this worker.
     pub fn is_active(&self, partition: Partition) -> bool {
-        self.active.lock().unwrap_or_else(|p| p.into_inner()).contains(&partition)
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&partition)
     }
 }
 
@@ -156,13 +173,31 @@ mod tests {
         assert_eq!(table.dirty_len(), 3);
         let drained = table.take_dirty();
         assert_eq!(drained.len(), 2);
-        assert_eq!(drained[0], (0, vec![ChangelogRecord { key: b"z".to_vec(), value: None }]));
+        assert_eq!(
+            drained[0],
+            (
+                0,
+                vec![ChangelogRecord {
+                    key: b"z".to_vec(),
+                    value: None
+                }]
+            )
+        );
         assert_eq!(
             drained[1],
-            (1, vec![
-                ChangelogRecord { key: b"a".to_vec(), value: Some(b"1".to_vec()) },
-                ChangelogRecord { key: b"b".to_vec(), value: Some(b"2".to_vec()) },
-            ])
+            (
+                1,
+                vec![
+                    ChangelogRecord {
+                        key: b"a".to_vec(),
+                        value: Some(b"1".to_vec())
+                    },
+                    ChangelogRecord {
+                        key: b"b".to_vec(),
+                        value: Some(b"2".to_vec())
+                    },
+                ]
+            )
         );
         assert_eq!(table.dirty_len(), 0);
     }
