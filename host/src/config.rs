@@ -224,7 +224,7 @@ impl Config {
 
     /// Returns the changelog topic of `table`.
     pub fn changelog_topic(&self, table: &str) -> String {
-        format!("{}-{}-changelog", self.app_id, table)
+        crate::changelog::topic_name(&self.app_id, table)
     }
 
     /// Returns the dead-letter topic of `agent`.

@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod changelog;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use crate::changelog;
 use crate::config::{Config, StoreKind};
-use crate::kafka::embedded::record_footprint;
 use crate::kafka::producer::TrackedProducer;
 use crate::kafka::{Kafka, TopicKind};
 use crate::recovery::{recover_partition, RecoveryReport};
@@ -192,29 +192,13 @@ impl TableManager {
         let mut pending: Vec<(&Arc<Table>, Partition, Vec<ChangelogRecord>)> = Vec::new();
         for table in self.tables.values() {
             for (partition, records) in table.take_dirty() {
-                if let Some(cluster) = kafka.embedded_cluster() {
-                    let bytes = records
-                        .iter()
-                        .map(|r| {
-                            record_footprint(r.key.len(), r.value.as_ref().map_or(0, Vec::len), 0)
-                        })
-                        .sum();
-                    cluster.ledger().reserve(
-                        table.changelog_topic(),
-                        partition,
-                        bytes,
-                        records.len() as u64,
-                    )?;
-                }
-                for record in &records {
-                    producer.send(
-                        table.changelog_topic(),
-                        Some(partition as i32),
-                        Some(&record.key),
-                        record.value.as_deref(),
-                        &[],
-                    )?;
-                }
+                changelog::send(
+                    kafka,
+                    producer,
+                    table.changelog_topic(),
+                    partition,
+                    &records,
+                )?;
                 stats.changelog_records += records.len() as u64;
                 pending.push((table, partition, records));
             }
@@ -225,16 +209,8 @@ impl TableManager {
             .context("commit: records were not acknowledged")?;
 
         for (table, partition, records) in &pending {
-            let key = (table.changelog_topic().to_owned(), *partition as i32);
-            let Some(last) = acknowledged.get(&key) else {
-                bail!(
-                    "commit: no acknowledgement for changelog {}/{partition}",
-                    table.changelog_topic()
-                );
-            };
-            table
-                .store()
-                .apply_changelog(*partition, records, last + 1)?;
+            let next = changelog::next_offset(&acknowledged, table.changelog_topic(), *partition)?;
+            table.store().apply_changelog(*partition, records, next)?;
         }
         for table in self.tables.values() {
             table.store().persist()?;

@@ -48,8 +48,10 @@ pub struct InputArgs {
 }
 
 impl InputArgs {
-    /// Returns the partition count for `topic`: the existing topic's, else
-    /// `--partitions`, else the config's [[topics]] entry, else 8.
+    /// Returns the partition count to use for `topic`: `--partitions` when
+    /// given (creating the topic then fails if it exists with another
+    /// count), else the existing topic's count, else the config's
+    /// [[topics]] entry, else 8.
     pub(crate) fn partitions(
         &self,
         kafka: &crate::kafka::Kafka,
