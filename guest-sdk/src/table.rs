@@ -249,6 +249,123 @@ impl<K: ?Sized, V, C: Codec<V>> Table<K, V, C> {
     }
 }
 
+impl<K: ?Sized, V, C: Codec<V>> Table<K, V, C> {
+    /// Iterates over every entry of the event's partition, in ascending
+    /// byte order of the encoded keys.
+    ///
+    /// The iterator sees writes made earlier in the same batch and skips
+    /// deleted keys. It fetches entries from the host in pages, so a large
+    /// partition is never copied into the instance at once. Keys are
+    /// returned as their encoded bytes, because [`Key`] only encodes.
+    pub fn entries(&self) -> Entries<'_, K, V, C> {
+        Entries::new(self, Vec::new(), None)
+    }
+
+    /// Iterates over the entries whose encoded keys are at least `start`
+    /// and, when `end` is given, below `end`. See [`Table::entries`].
+    pub fn range<Q>(&self, start: &Q, end: Option<&Q>) -> Entries<'_, K, V, C>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        Entries::new(
+            self,
+            start.encode_key().into_owned(),
+            end.map(|e| e.encode_key().into_owned()),
+        )
+    }
+
+    /// Iterates over the entries whose encoded keys start with the encoded
+    /// `prefix`. See [`Table::entries`].
+    pub fn prefix<Q>(&self, prefix: &Q) -> Entries<'_, K, V, C>
+    where
+        K: Borrow<Q>,
+        Q: Key + ?Sized,
+    {
+        let start = prefix.encode_key().into_owned();
+        let end = prefix_end(&start);
+        Entries::new(self, start, end)
+    }
+}
+
+/// Returns the smallest key above every key that starts with `prefix`, or
+/// `None` when no such key exists (an empty prefix, or one of only `0xff`
+/// bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Entries fetched per host call by [`Entries`].
+const PAGE_ENTRIES: u32 = 256;
+
+/// An iterator over table entries as `(encoded key, value)` pairs, created
+/// by [`Table::entries`], [`Table::range`] and [`Table::prefix`].
+pub struct Entries<'t, K: ?Sized, V, C> {
+    table: &'t Table<K, V, C>,
+    /// The start of the next page, or `None` once the range is exhausted.
+    next_start: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+    page: std::vec::IntoIter<wit::Entry>,
+}
+
+impl<'t, K: ?Sized, V, C: Codec<V>> Entries<'t, K, V, C> {
+    fn new(table: &'t Table<K, V, C>, start: Vec<u8>, end: Option<Vec<u8>>) -> Self {
+        Self {
+            table,
+            next_start: Some(start),
+            end,
+            page: Vec::new().into_iter(),
+        }
+    }
+}
+
+impl<K: ?Sized, V, C: Codec<V>> Iterator for Entries<'_, K, V, C> {
+    type Item = Result<(Vec<u8>, V), Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.page.len() == 0 {
+            let start = self.next_start.take()?;
+            let page = match self
+                .table
+                .open
+                .handle
+                .scan(&start, self.end.as_deref(), PAGE_ENTRIES)
+            {
+                Ok(page) => page,
+                Err(source) => return Some(Err(table_error(self.table.name(), "scan", source))),
+            };
+            // The host returns at least one entry while any is left, so an
+            // empty page ends the range; otherwise the next page starts just
+            // after the last key of this one.
+            if let Some(last) = page.last() {
+                let mut after = last.key.clone();
+                after.push(0);
+                self.next_start = Some(after);
+            }
+            self.page = page.into_iter();
+        }
+
+        let entry = self.page.next()?;
+        Some(
+            C::decode(&entry.value)
+                .map(|value| (entry.key.clone(), value))
+                .map_err(|source| Error::Decode {
+                    table: self.table.name().to_string(),
+                    key: entry.key.escape_ascii().to_string(),
+                    codec: C::NAME,
+                    source,
+                }),
+        )
+    }
+}
+
 impl<K: ?Sized, V, C> Clone for Table<K, V, C> {
     fn clone(&self) -> Self {
         Self {
@@ -327,5 +444,13 @@ mod tests {
             TableError::Storage("io error".to_string()).to_string(),
             "storage failed: io error"
         );
+    }
+
+    #[test]
+    fn prefix_end_is_next_key_after_prefix() {
+        assert_eq!(prefix_end(b"k"), Some(b"l".to_vec()));
+        assert_eq!(prefix_end(&[0x61, 0xff]), Some(vec![0x62]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        assert_eq!(prefix_end(b""), None);
     }
 }

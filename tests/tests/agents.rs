@@ -163,3 +163,36 @@ fn declared_output_is_produced() {
     assert_eq!(out[0].key.as_deref(), Some(b"bad".as_slice()));
     assert_eq!(out[0].value.as_deref(), Some(b"send".as_slice()));
 }
+
+#[test]
+fn scan_sees_store_and_batch_writes() {
+    let harness = Harness::new();
+    let config = config(&harness);
+    harness.topic("commands", 1);
+
+    // First run: k1 and k2 reach the store; zz is outside the prefix.
+    harness.produce(
+        "commands",
+        &[
+            (0, Some(b"k1"), Some(b"count")),
+            (0, Some(b"k1"), Some(b"count")),
+            (0, Some(b"k2"), Some(b"count")),
+            (0, Some(b"zz"), Some(b"count")),
+        ],
+    );
+    harness.run_to_end(&config);
+
+    // Second run: k0 is written in the batch that scans; the scan itself
+    // writes k3 and deletes k2 before listing the `k` prefix.
+    harness.produce(
+        "commands",
+        &[
+            (0, Some(b"k0"), Some(b"count")),
+            (0, Some(b"x"), Some(b"scan")),
+        ],
+    );
+    let summary = harness.run_to_end(&config);
+    assert_eq!(summary.dead_letters, 0);
+    let results = harness.table(&config, "results");
+    assert_eq!(results[&(0, b"scan".to_vec())], b"k0=1,k1=2,k3=7");
+}

@@ -11,7 +11,7 @@
 //! that is not in the resource table, is a trap. Store failures are logged
 //! with their details and reach the guest only as a generic message.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use wasmtime::component::{Resource, ResourceTable};
@@ -186,6 +186,51 @@ impl tables::HostTable for HostState {
         Ok(self.read(handle, &key).map(|v| v.is_some()))
     }
 
+    fn scan(
+        &mut self,
+        this: Resource<TableHandle>,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<tables::Entry>, tables::TableError>> {
+        let handle = self.handle(&this)?;
+        for bound in std::iter::once(&start).chain(end.as_ref()) {
+            if let Some(len) = self.check_key(bound) {
+                return Ok(Err(tables::TableError::KeyTooLarge(len)));
+            }
+        }
+
+        // The batch's own writes to this table, for the table to merge.
+        let newer: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .effects
+            .writes
+            .iter()
+            .filter(|((index, _), _)| *index == handle.index)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect();
+        let table = &self.grants.tables[handle.index];
+        let limit = (limit as usize).min(MAX_SCAN_ENTRIES);
+        match table.scan(
+            self.effects.partition,
+            &start,
+            end.as_deref(),
+            &newer,
+            limit,
+            MAX_SCAN_BYTES,
+        ) {
+            Ok(entries) => Ok(Ok(entries
+                .into_iter()
+                .map(|(key, value)| tables::Entry { key, value })
+                .collect())),
+            Err(error) => {
+                tracing::error!(agent = %self.grants.name, table = table.name(), partition = self.effects.partition, %error, "agent.table_scan: store failed");
+                Ok(Err(tables::TableError::Storage(
+                    "the host's store failed; see the host log".into(),
+                )))
+            }
+        }
+    }
+
     fn drop(&mut self, this: Resource<TableHandle>) -> wasmtime::Result<()> {
         self.resources.delete(this)?;
         Ok(())
@@ -220,6 +265,12 @@ impl output::Host for HostState {
         Ok(Ok(()))
     }
 }
+
+/// The maximum number of entries one `scan` call returns.
+const MAX_SCAN_ENTRIES: usize = 10_000;
+/// The maximum bytes of keys and values one `scan` call returns, unless its
+/// first entry alone is larger.
+const MAX_SCAN_BYTES: usize = 4 * 1024 * 1024;
 
 /// The maximum length of an agent's log message, in bytes.
 const MAX_LOG_BYTES: usize = 4096;

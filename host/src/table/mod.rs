@@ -13,10 +13,11 @@
 //! Invariant: a key present in the cache shadows the store, so a delete
 //! that is not yet committed hides the stored value.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::store::{ChangelogRecord, Partition, Store, StoreError};
+use crate::store::{ChangelogRecord, Entry, Partition, Store, StoreError};
 
 type Dirty = HashMap<Partition, HashMap<Vec<u8>, Option<Vec<u8>>>>;
 
@@ -81,6 +82,94 @@ impl Table {
             return Ok(cached.clone());
         }
         self.store.get(partition, key)
+    }
+
+    /// Returns the entries of `partition` whose keys lie in `start..end`
+    /// (`end` of `None` is unbounded), in ascending key order, as the agent
+    /// sees them: `newer` writes (the batch in progress) shadow the write
+    /// cache, which shadows the store, and deleted keys are left out.
+    ///
+    /// Returns at most `limit` entries. It also stops before an entry that
+    /// would take the keys and values returned past `max_bytes`, except that
+    /// the first entry is always returned.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store fails.
+    pub fn scan(
+        &self,
+        partition: Partition,
+        start: &[u8],
+        end: Option<&[u8]>,
+        newer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let in_range = |key: &[u8]| key >= start && end.is_none_or(|end| key < end);
+
+        // The writes not yet in the store, newest layer last.
+        let mut pending: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .dirty()
+            .get(&partition)
+            .map(|cached| {
+                cached
+                    .iter()
+                    .filter(|(k, _)| in_range(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (key, value) in newer.range(start.to_vec()..) {
+            if !in_range(key) {
+                break;
+            }
+            pending.insert(key.clone(), value.clone());
+        }
+
+        let end_bound = end.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut stored = self
+            .store
+            .range(partition, Bound::Included(start), end_bound)?
+            .peekable();
+        let mut pending = pending.into_iter().peekable();
+        let mut out: Vec<Entry> = Vec::new();
+        let mut bytes = 0;
+        while out.len() < limit {
+            // Take the smaller key of the two sources; on a tie the pending
+            // write wins and the stored entry is skipped.
+            let stored_key = match stored.peek() {
+                Some(Ok((key, _))) => Some(key.clone()),
+                Some(Err(_)) => {
+                    return Err(stored.next().expect("peeked").expect_err("peeked an error"))
+                }
+                None => None,
+            };
+            let (key, value) = match (stored_key, pending.peek()) {
+                (None, None) => break,
+                (Some(stored_key), Some((pending_key, _))) if *pending_key <= stored_key => {
+                    if *pending_key == stored_key {
+                        stored.next();
+                    }
+                    pending.next().expect("peeked")
+                }
+                (Some(_), _) => {
+                    let (key, value) = stored
+                        .next()
+                        .expect("peeked")
+                        .expect("checked for an error");
+                    (key, Some(value))
+                }
+                (None, Some(_)) => pending.next().expect("peeked"),
+            };
+            let Some(value) = value else { continue };
+            let size = key.len() + value.len();
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push((key, value));
+        }
+        Ok(out)
     }
 
     /// Writes `value` (or a tombstone for `None`) to the write cache.
@@ -161,6 +250,47 @@ mod tests {
         assert_eq!(table.get(0, b"k").unwrap(), None);
         table.put(0, b"k".to_vec(), Some(b"new".to_vec()));
         assert_eq!(table.get(0, b"k").unwrap(), Some(b"new".to_vec()));
+    }
+
+    #[test]
+    fn table_scan_merges_layers_in_key_order() {
+        let store = Arc::new(MemoryStore::new());
+        for key in [b"a".as_slice(), b"b", b"c", b"d", b"e"] {
+            store.set(0, key, b"stored").unwrap();
+        }
+        store.set(1, b"b", b"other partition").unwrap();
+        let table = Table::new("t", "app-t-changelog", store);
+        table.put(0, b"b".to_vec(), None);
+        table.put(0, b"c".to_vec(), Some(b"cached".to_vec()));
+        table.put(0, b"bb".to_vec(), Some(b"cached".to_vec()));
+        let newer: BTreeMap<Vec<u8>, Option<Vec<u8>>> = [
+            (b"c".to_vec(), Some(b"newer".to_vec())),
+            (b"d".to_vec(), None),
+            (b"f".to_vec(), Some(b"newer".to_vec())),
+        ]
+        .into_iter()
+        .collect();
+
+        let all = table.scan(0, b"", None, &newer, 100, usize::MAX).unwrap();
+        let expected: Vec<Entry> = vec![
+            (b"a".to_vec(), b"stored".to_vec()),
+            (b"bb".to_vec(), b"cached".to_vec()),
+            (b"c".to_vec(), b"newer".to_vec()),
+            (b"e".to_vec(), b"stored".to_vec()),
+            (b"f".to_vec(), b"newer".to_vec()),
+        ];
+        assert_eq!(all, expected);
+
+        let bounded = table
+            .scan(0, b"b", Some(b"e"), &newer, 100, usize::MAX)
+            .unwrap();
+        assert_eq!(bounded, expected[1..3].to_vec());
+        let limited = table.scan(0, b"", None, &newer, 2, usize::MAX).unwrap();
+        assert_eq!(limited, expected[..2].to_vec());
+        let first_only = table.scan(0, b"", None, &newer, 100, 1).unwrap();
+        assert_eq!(first_only, expected[..1].to_vec());
+        let nothing = table.scan(0, b"", None, &newer, 0, usize::MAX).unwrap();
+        assert_eq!(nothing, Vec::<Entry>::new());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! | `open-undeclared` | opens table `not-declared` and records the result |
 //! | `oversized`       | sets a 2 MiB value (2097152 bytes) under key `oversized` in `counts` and records the result |
 //! | `send-undeclared` | sends a record to topic `not-declared` and records the result |
+//! | `scan`            | sets `counts["k3"]` to `7`, deletes `counts["k2"]`, then writes the entries of `counts` whose keys start with `k` to `results["scan"]` as `key=value` pairs joined by `,` |
 //!
 //! Any other value, or a tombstone, fails the event with an error that
 //! names the value.
@@ -77,9 +78,10 @@ impl Agent for Misbehave {
                 let result = output::send(UNDECLARED, event.key.as_deref(), Some(b"x"));
                 record_result("send-undeclared", result)
             }
+            "scan" => scan(),
             other => Err(Error::msg(format!(
                 "misbehave: unknown behaviour {other:?}; expected one of count, send, \
-                 trap, loop, grow, recurse, fail, open-undeclared, oversized, send-undeclared"
+                 trap, loop, grow, recurse, fail, open-undeclared, oversized, send-undeclared, scan"
             ))),
         }
     }
@@ -94,6 +96,27 @@ fn count(event: &Event) -> Result<(), Error> {
 
     let count = counts.get_or_default(key)? + 1;
     counts.set(key, &count)
+}
+
+/// Writes one key and deletes another in the batch, then lists the `k`
+/// prefix of `counts`, so a test sees the batch's own writes in the scan.
+fn scan() -> Result<(), Error> {
+    let counts: Table<str, Vec<u8>, Raw> = Table::open("counts")?;
+    counts.set("k3", &b"7".to_vec())?;
+    counts.delete("k2")?;
+
+    let mut listed = Vec::new();
+    for entry in counts.prefix("k") {
+        let (key, value) = entry?;
+        listed.push(format!(
+            "{}={}",
+            String::from_utf8_lossy(&key),
+            String::from_utf8_lossy(&value)
+        ));
+    }
+
+    let results: Table<str, Vec<u8>, Raw> = Table::open("results")?;
+    results.set("scan", &listed.join(",").into_bytes())
 }
 
 /// Writes the outcome of a guarded call to `results[key]`.
