@@ -29,7 +29,7 @@ use tablehost::feed::{feed, FeedOptions};
 use tablehost::kafka::embedded::record_footprint;
 use tablehost::kafka::producer::TrackedProducer;
 use tablehost::kafka::{Kafka, TopicKind};
-use tablehost::recovery::recover_partition;
+use tablehost::recovery::ChangelogReader;
 use tablehost::store::{ChangelogRecord, MemoryStore, RocksOptions, RocksStore, Store};
 use tablehost::table::Table;
 use tablehost::worker::{run, RunOptions, Shutdown};
@@ -230,9 +230,10 @@ fn recovery(scratch: &Path) -> anyhow::Result<()> {
     )?);
     let table = Table::new("bench", topic, store);
     let started = Instant::now();
+    let reader = ChangelogReader::new(&kafka)?;
     let mut replayed = 0;
     for partition in 0..PARTITIONS {
-        replayed += recover_partition(&kafka, &table, partition)?.replayed;
+        replayed += reader.recover(&kafka, &table, partition)?.replayed;
     }
     let seconds = started.elapsed().as_secs_f64();
     println!("recovery: {:.0} records/s ({replayed} records into RocksDB, {PARTITIONS} partitions, {seconds:.2} s)", replayed as f64 / seconds);

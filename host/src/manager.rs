@@ -33,7 +33,7 @@ use crate::changelog;
 use crate::config::{Config, StoreKind};
 use crate::kafka::producer::TrackedProducer;
 use crate::kafka::{Kafka, TopicKind};
-use crate::recovery::{recover_partition, RecoveryReport};
+use crate::recovery::{ChangelogReader, RecoveryReport};
 use crate::store::{ChangelogRecord, MemoryStore, Partition, RocksStore, Store};
 use crate::table::Table;
 
@@ -59,6 +59,8 @@ pub struct TableManager {
     tables_by_source: HashMap<String, Vec<Arc<Table>>>,
     /// State directories of the RocksDB tables, for error messages.
     table_dirs: HashMap<String, std::path::PathBuf>,
+    /// The changelog consumer, created at the first recovery.
+    reader: std::sync::Mutex<Option<ChangelogReader>>,
 }
 
 impl TableManager {
@@ -128,6 +130,7 @@ impl TableManager {
             tables,
             tables_by_source,
             table_dirs,
+            reader: Default::default(),
         })
     }
 
@@ -141,7 +144,7 @@ impl TableManager {
     ///
     /// # Errors
     ///
-    /// Fails when recovery fails; see [`recover_partition`].
+    /// Fails when recovery fails; see [`crate::recovery::recover_partition`].
     pub fn assign(
         &self,
         kafka: &Kafka,
@@ -153,15 +156,19 @@ impl TableManager {
             if table.is_active(partition) {
                 continue;
             }
-            let report = recover_partition(kafka, table, partition).with_context(|| match self
-                .table_dirs
-                .get(table.name())
-            {
-                Some(dir) => format!(
-                    "recovery failed; the table's state directory is {}",
-                    dir.display()
-                ),
-                None => "recovery failed".to_owned(),
+            let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+            if reader.is_none() {
+                *reader = Some(ChangelogReader::new(kafka)?);
+            }
+            let reader = reader.as_ref().expect("the reader was just created");
+            let report = reader.recover(kafka, table, partition).with_context(|| {
+                match self.table_dirs.get(table.name()) {
+                    Some(dir) => format!(
+                        "recovery failed; the table's state directory is {}",
+                        dir.display()
+                    ),
+                    None => "recovery failed".to_owned(),
+                }
             })?;
             table.activate(partition);
             reports.push(report);

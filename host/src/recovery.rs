@@ -12,9 +12,11 @@
 //! case covers a changelog whose last offsets are transaction markers,
 //! because markers are never delivered as records.
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -26,6 +28,8 @@ use crate::table::Table;
 
 /// Records applied to the store in one write batch.
 const CHUNK: usize = 10_000;
+/// Records a replay must have to show a progress bar.
+const PROGRESS_BAR_RECORDS: i64 = 100_000;
 /// How long recovery waits for the next record before it gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -57,131 +61,210 @@ pub fn recover_partition(
     table: &Table,
     partition: Partition,
 ) -> anyhow::Result<RecoveryReport> {
-    let topic = table.changelog_topic();
-    let store = table.store();
-    let (low, high) = kafka.watermarks(topic, partition)?;
-    if kafka.embedded_cluster().is_some() && low > 0 {
-        bail!(
-            "recovery: changelog {topic} partition {partition} starts at offset {low}, so the embedded \
-             cluster has dropped older records and the table cannot be rebuilt; run against a real broker"
-        );
+    ChangelogReader::new(kafka)?.recover(kafka, table, partition)
+}
+
+/// A consumer for reading changelogs, reused across partitions because
+/// creating one costs a connection and a metadata round trip (about 100 ms
+/// on the embedded cluster), more than replaying a small partition.
+pub struct ChangelogReader {
+    consumer: BaseConsumer,
+}
+
+impl ChangelogReader {
+    /// Creates the reader's consumer. It reads only assigned partitions and
+    /// never joins a group or commits.
+    ///
+    /// # Errors
+    ///
+    /// Fails when librdkafka rejects the configuration.
+    pub fn new(kafka: &Kafka) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = kafka
+            .client_config()
+            .set("group.id", "tablehost-recovery")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("isolation.level", "read_committed")
+            .create()
+            .context("recovery: failed to create the changelog consumer")?;
+        Ok(Self { consumer })
     }
 
-    let persisted = store.changelog_offset(partition)?;
-    let start = match persisted {
-        None => low,
-        Some(offset) if offset < low => {
-            tracing::warn!(table = table.name(), partition, persisted = offset, low, "recovery: persisted offset is below the changelog's low watermark; replaying from the low watermark");
-            low
-        }
-        Some(offset) if offset > high && kafka.embedded_cluster().is_some() => {
-            // The embedded cluster starts empty in every process, so state
-            // left by an earlier process belongs to topics that are gone.
-            tracing::warn!(table = table.name(), partition, persisted = offset, high, "recovery: discarding table state of an earlier process, because the embedded cluster starts empty");
-            store.drop_partition(partition)?;
-            low
-        }
-        Some(offset) if offset > high => bail!(
-            "table {} partition {partition} has applied the changelog up to offset {offset}, but changelog \
-             {topic} ends at offset {high}, so the topic was deleted and recreated or belongs to another \
-             cluster. Delete the table's state directory to rebuild the table from the changelog",
-            table.name()
-        ),
-        Some(offset) => offset,
-    };
-    let mut report = RecoveryReport {
-        table: table.name().to_owned(),
-        partition,
-        from_offset: start,
-        to_offset: high,
-        replayed: 0,
-    };
-    if start >= high {
-        if persisted.is_none() {
-            store.apply_changelog(partition, &[], high)?;
-        }
-        return Ok(report);
-    }
-
-    let started = Instant::now();
-    tracing::info!(
-        table = table.name(),
-        partition,
-        from = start,
-        to = high,
-        records = high - start,
-        "recovery: replaying changelog"
-    );
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", format!("{topic}-recovery"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create()
-        .context("recovery: failed to create the changelog consumer")?;
-    let mut assignment = TopicPartitionList::new();
-    assignment.add_partition_offset(topic, partition as i32, Offset::Offset(start))?;
-    consumer
-        .assign(&assignment)
-        .with_context(|| format!("recovery: failed to assign {topic}/{partition}"))?;
-
-    let mut chunk: Vec<ChangelogRecord> = Vec::with_capacity(CHUNK);
-    let mut next_offset = start;
-    let mut last_progress = Instant::now();
-    let mut last_log = Instant::now();
-    loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(message)) => {
-                last_progress = Instant::now();
-                chunk.push(ChangelogRecord {
-                    key: message.key().unwrap_or_default().to_vec(),
-                    value: message.payload().map(<[u8]>::to_vec),
-                });
-                next_offset = message.offset() + 1;
-                if chunk.len() >= CHUNK {
-                    store.apply_changelog(partition, &chunk, next_offset)?;
-                    report.replayed += chunk.len() as u64;
-                    chunk.clear();
-                }
-                if next_offset >= high {
-                    break;
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => break,
-            Some(Err(error)) => bail!("recovery: failed to read {topic}/{partition} at offset {next_offset}: {error}"),
-            None if last_progress.elapsed() > STALL_TIMEOUT => bail!(
-                "recovery: no record of {topic}/{partition} arrived for {STALL_TIMEOUT:?} at offset {next_offset} \
-                 (high watermark {high}); check that the cluster is reachable"
-            ),
-            None => {}
-        }
-        if last_log.elapsed() > Duration::from_secs(5) {
-            last_log = Instant::now();
-            let done = next_offset - start;
-            let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
-            let eta = (high - next_offset) as f64 / rate.max(1.0);
-            tracing::info!(
-                table = table.name(),
-                partition,
-                remaining = high - next_offset,
-                eta_seconds = eta.round(),
-                "recovery: progress"
+    /// Brings partition `partition` of `table` up to date with its
+    /// changelog; see [`recover_partition`].
+    ///
+    /// # Errors
+    ///
+    /// As [`recover_partition`].
+    pub fn recover(
+        &self,
+        kafka: &Kafka,
+        table: &Table,
+        partition: Partition,
+    ) -> anyhow::Result<RecoveryReport> {
+        let topic = table.changelog_topic();
+        let store = table.store();
+        let (low, high) = kafka.watermarks(topic, partition)?;
+        if kafka.embedded_cluster().is_some() && low > 0 {
+            bail!(
+                "recovery: changelog {topic} partition {partition} starts at offset {low}, so the \
+                 embedded cluster has dropped older records and the table cannot be rebuilt; run \
+                 against a real broker"
             );
         }
+
+        let persisted = store.changelog_offset(partition)?;
+        let start = match persisted {
+            None => low,
+            Some(offset) if offset < low => {
+                tracing::warn!(
+                    table = table.name(),
+                    partition,
+                    persisted = offset,
+                    low,
+                    "recovery: persisted offset is below the changelog's low watermark; replaying \
+                     from the low watermark"
+                );
+                low
+            }
+            Some(offset) if offset > high && kafka.embedded_cluster().is_some() => {
+                // The embedded cluster starts empty in every process, so state
+                // left by an earlier process belongs to topics that are gone.
+                tracing::warn!(
+                    table = table.name(),
+                    partition,
+                    persisted = offset,
+                    high,
+                    "recovery: discarding table state of an earlier process, because the embedded \
+                     cluster starts empty"
+                );
+                store.drop_partition(partition)?;
+                low
+            }
+            Some(offset) if offset > high => bail!(
+                "table {} partition {partition} has applied the changelog up to offset {offset}, but \
+                 changelog {topic} ends at offset {high}, so the topic was deleted and recreated or \
+                 belongs to another cluster. Delete the table's state directory to rebuild the table \
+                 from the changelog",
+                table.name()
+            ),
+            Some(offset) => offset,
+        };
+        let mut report = RecoveryReport {
+            table: table.name().to_owned(),
+            partition,
+            from_offset: start,
+            to_offset: high,
+            replayed: 0,
+        };
+        if start >= high {
+            if persisted.is_none() {
+                store.apply_changelog(partition, &[], high)?;
+            }
+            return Ok(report);
+        }
+
+        let started = Instant::now();
+        tracing::info!(
+            table = table.name(),
+            partition,
+            from = start,
+            to = high,
+            records = high - start,
+            "recovery: replaying changelog"
+        );
+        // A bar only for long replays on a terminal; logs cover the rest.
+        let bar = if high - start >= PROGRESS_BAR_RECORDS && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new((high - start) as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} {wide_bar} {human_pos}/{human_len} ({per_sec}, {eta})",
+                )
+                .expect("the progress bar template is valid"),
+            );
+            bar.set_message(format!("recovering {} partition {partition}", table.name()));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let consumer = &self.consumer;
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(topic, partition as i32, Offset::Offset(start))?;
+        consumer
+            .assign(&assignment)
+            .with_context(|| format!("recovery: failed to assign {topic}/{partition}"))?;
+
+        let mut chunk: Vec<ChangelogRecord> = Vec::with_capacity(CHUNK);
+        let mut next_offset = start;
+        let mut last_progress = Instant::now();
+        let mut last_log = Instant::now();
+        loop {
+            match consumer.poll(Duration::from_millis(200)) {
+                // A message of a partition assigned earlier may still be
+                // queued; it belongs to another recovery.
+                Some(Ok(message))
+                    if message.topic() != topic || message.partition() != partition as i32 => {}
+                Some(Ok(message)) => {
+                    last_progress = Instant::now();
+                    chunk.push(ChangelogRecord {
+                        key: message.key().unwrap_or_default().to_vec(),
+                        value: message.payload().map(<[u8]>::to_vec),
+                    });
+                    next_offset = message.offset() + 1;
+                    if chunk.len() >= CHUNK {
+                        store.apply_changelog(partition, &chunk, next_offset)?;
+                        report.replayed += chunk.len() as u64;
+                        chunk.clear();
+                        bar.set_position((next_offset - start) as u64);
+                    }
+                    if next_offset >= high {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(eof))) if eof == partition as i32 => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Err(error)) => bail!(
+                    "recovery: failed to read {topic}/{partition} at offset {next_offset}: {error}"
+                ),
+                None if last_progress.elapsed() > STALL_TIMEOUT => bail!(
+                    "recovery: no record of {topic}/{partition} arrived for {STALL_TIMEOUT:?} at \
+                     offset {next_offset} (high watermark {high}); check that the cluster is reachable"
+                ),
+                None => {}
+            }
+            if last_log.elapsed() > Duration::from_secs(5) {
+                last_log = Instant::now();
+                let done = next_offset - start;
+                let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-3);
+                let eta = (high - next_offset) as f64 / rate.max(1.0);
+                tracing::info!(
+                    table = table.name(),
+                    partition,
+                    remaining = high - next_offset,
+                    eta_seconds = eta.round(),
+                    "recovery: progress"
+                );
+            }
+        }
+        // Stop fetching, so the idle reader does not buffer the records
+        // this worker commits to the changelog later.
+        consumer
+            .unassign()
+            .context("recovery: failed to release the changelog partition")?;
+        bar.finish_and_clear();
+        report.replayed += chunk.len() as u64;
+        // Offsets up to the high watermark are consumed even when the last ones
+        // were transaction markers that never arrive as records.
+        store.apply_changelog(partition, &chunk, high.max(next_offset))?;
+        tracing::info!(
+            table = table.name(),
+            partition,
+            replayed = report.replayed,
+            seconds = started.elapsed().as_secs_f64(),
+            "recovery: partition recovered"
+        );
+        Ok(report)
     }
-    report.replayed += chunk.len() as u64;
-    // Offsets up to the high watermark are consumed even when the last ones
-    // were transaction markers that never arrive as records.
-    store.apply_changelog(partition, &chunk, high.max(next_offset))?;
-    tracing::info!(
-        table = table.name(),
-        partition,
-        replayed = report.replayed,
-        seconds = started.elapsed().as_secs_f64(),
-        "recovery: partition recovered"
-    );
-    Ok(report)
 }
 
 #[cfg(test)]
