@@ -85,6 +85,10 @@ impl ChangelogReader {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("isolation.level", "read_committed")
+            // A fetch to an empty partition waits this long for data. The
+            // default of 500 ms would delay every partition that follows a
+            // reassignment of this reused consumer.
+            .set("fetch.wait.max.ms", "10")
             .create()
             .context("recovery: failed to create the changelog consumer")?;
         Ok(Self { consumer })
