@@ -21,13 +21,17 @@ FLIGHTS      := build/data/flights-3m.parquet
 VEGA_VERSION := 3.2.1
 TABLEHOST    := $(CARGO_TARGET_DIR)/debug/tablehost
 
-.PHONY: all setup plugins host data demo test bench clean
+.PHONY: all setup tansu plugins host data demo test bench clean
 
 all: host plugins
 
 ## setup: install the system packages and Rust targets the build needs (idempotent)
 setup:
 	@bash .ci/setup
+
+## tansu: install the tansu broker the real-broker tests start (once per machine)
+tansu:
+	@bash .ci/tansu
 
 ## plugins: build the example agents as wasm32-wasip2 components into build/plugins
 plugins: setup
@@ -61,7 +65,7 @@ demo: host plugins data
 	$(TABLEHOST) demo --config plugins/flight-delays/tablehost.toml --data $(FLIGHTS)
 
 ## test: run every unit and integration test
-test: plugins
+test: plugins tansu
 	cargo test -p tablehost -p tablehost-tests
 	CARGO_TARGET_DIR=$(WASM_TARGET_DIR) cargo test -p tablehost-guest $(addprefix -p ,$(PLUGINS))
 

@@ -8,9 +8,11 @@
 //! `TABLEHOST_PLUGINS`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -68,14 +70,20 @@ impl Harness {
     /// Starts an embedded cluster. Logs go to the test's captured output,
     /// filtered by `RUST_LOG` (default `info`).
     pub fn new() -> Self {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-            )
-            .with_test_writer()
-            .try_init();
+        init_logs();
         let kafka = Arc::new(Kafka::embedded(Default::default()).expect("embedded cluster starts"));
+        Self {
+            kafka,
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    /// Connects to the real broker at `bootstrap`.
+    pub fn with_brokers(bootstrap: &str) -> Self {
+        init_logs();
+        let kafka = Arc::new(
+            Kafka::connect(bootstrap, Default::default()).expect("client config is valid"),
+        );
         Self {
             kafka,
             dir: tempfile::tempdir().expect("temporary directory"),
@@ -182,10 +190,12 @@ impl Harness {
         let mut out = Vec::new();
         for partition in 0..partitions {
             let (low, high) = self.kafka.watermarks(topic, partition).expect("watermarks");
-            assert_eq!(
-                low, 0,
-                "the embedded cluster dropped records of {topic}/{partition}"
-            );
+            if self.kafka.embedded_cluster().is_some() {
+                assert_eq!(
+                    low, 0,
+                    "the embedded cluster dropped records of {topic}/{partition}"
+                );
+            }
             if high == 0 {
                 continue;
             }
@@ -225,6 +235,127 @@ impl Harness {
         }
         out
     }
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A tansu broker process on a free port of 127.0.0.1, with SQLite storage
+/// in a directory it keeps across [`Broker::restart`]. Dropping it kills
+/// the process.
+pub struct Broker {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Broker {
+    /// Starts a broker and waits until it accepts connections.
+    ///
+    /// # Panics
+    ///
+    /// Panics with the install command when tansu is not installed, and
+    /// when the broker does not listen within 30 seconds.
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("a free port")
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = Self {
+            port,
+            dir: tempfile::tempdir().expect("temporary directory"),
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// Returns the bootstrap address.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker process and starts it again on the same port and
+    /// storage, as after a crash.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn spawn(&mut self) {
+        let binary = tansu_binary();
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::File::create(self.dir.path().join("tansu.log")).expect("log file");
+        // The storage URL is relative to the working directory: tansu
+        // resolves `sqlite://` paths against it.
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // Maintenance (compaction, retention) runs hourly, so a test sees
+            // every record it wrote.
+            .args([
+                "--storage-engine",
+                "sqlite://broker.db?maintenance_interval=3600s",
+            ])
+            .current_dir(self.dir.path())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to start {}: {e}", binary.display()));
+        self.child = Some(child);
+
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not listen on port {} within 30 seconds",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn tansu_binary() -> PathBuf {
+    let path = std::env::var_os("TABLEHOST_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            Path::new(&home).join(".cache/tablehost/tools/bin/tansu")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing; install the tansu broker with `bash .ci/tansu`",
+        path.display()
+    );
+    path
 }
 
 /// A record read back from a topic.
