@@ -233,7 +233,14 @@ fn recovery(scratch: &Path) -> anyhow::Result<()> {
     let reader = ChangelogReader::new(&kafka)?;
     let mut replayed = 0;
     for partition in 0..PARTITIONS {
-        replayed += reader.recover(&kafka, &table, partition)?.replayed;
+        replayed += reader
+            .recover(
+                &kafka,
+                &table,
+                partition,
+                tablehost::config::StoreAhead::Fail,
+            )?
+            .replayed;
     }
     let seconds = started.elapsed().as_secs_f64();
     println!("recovery: {:.0} records/s ({replayed} records into RocksDB, {PARTITIONS} partitions, {seconds:.2} s)", replayed as f64 / seconds);

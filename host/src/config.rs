@@ -45,6 +45,32 @@ pub struct Config {
     /// The tables agents may open.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// Recovery settings for unusual changelogs.
+    #[serde(default)]
+    pub recovery: RecoveryConfig,
+}
+
+/// The `[recovery]` section.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryConfig {
+    /// The action when a store has applied changelog offsets that the
+    /// changelog no longer has, as after the changelog topic was deleted
+    /// and recreated. Default `fail`.
+    #[serde(default)]
+    pub store_ahead: StoreAhead,
+}
+
+/// The choices of `recovery.store_ahead`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreAhead {
+    /// Stop with an error that names the partition and both offsets.
+    #[default]
+    Fail,
+    /// Drop the partition's state and replay the changelog from its start.
+    /// State that exists only in the dropped store is lost.
+    Rebuild,
 }
 
 /// A topic the host creates when it is missing.

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::changelog;
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, StoreAhead, StoreKind};
 use crate::kafka::producer::TrackedProducer;
 use crate::kafka::{Kafka, TopicKind};
 use crate::recovery::{ChangelogReader, RecoveryReport};
@@ -61,6 +61,8 @@ pub struct TableManager {
     table_dirs: HashMap<String, std::path::PathBuf>,
     /// The changelog consumer, created at the first recovery.
     reader: std::sync::Mutex<Option<ChangelogReader>>,
+    /// What recovery does when a store is ahead of its changelog.
+    store_ahead: StoreAhead,
 }
 
 impl TableManager {
@@ -131,6 +133,7 @@ impl TableManager {
             tables_by_source,
             table_dirs,
             reader: Default::default(),
+            store_ahead: config.recovery.store_ahead,
         })
     }
 
@@ -161,15 +164,15 @@ impl TableManager {
                 *reader = Some(ChangelogReader::new(kafka)?);
             }
             let reader = reader.as_ref().expect("the reader was just created");
-            let report = reader.recover(kafka, table, partition).with_context(|| {
-                match self.table_dirs.get(table.name()) {
+            let report = reader
+                .recover(kafka, table, partition, self.store_ahead)
+                .with_context(|| match self.table_dirs.get(table.name()) {
                     Some(dir) => format!(
                         "recovery failed; the table's state directory is {}",
                         dir.display()
                     ),
                     None => "recovery failed".to_owned(),
-                }
-            })?;
+                })?;
             table.activate(partition);
             reports.push(report);
         }

@@ -22,6 +22,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::config::StoreAhead;
 use crate::kafka::Kafka;
 use crate::store::{ChangelogRecord, Partition};
 use crate::table::Table;
@@ -61,7 +62,7 @@ pub fn recover_partition(
     table: &Table,
     partition: Partition,
 ) -> anyhow::Result<RecoveryReport> {
-    ChangelogReader::new(kafka)?.recover(kafka, table, partition)
+    ChangelogReader::new(kafka)?.recover(kafka, table, partition, StoreAhead::Fail)
 }
 
 /// A consumer for reading changelogs, reused across partitions because
@@ -97,6 +98,11 @@ impl ChangelogReader {
     /// Brings partition `partition` of `table` up to date with its
     /// changelog; see [`recover_partition`].
     ///
+    /// `store_ahead` chooses what happens when the store has applied
+    /// offsets past the changelog's end. On the embedded cluster the state
+    /// is always rebuilt, because that cluster starts empty in every
+    /// process.
+    ///
     /// # Errors
     ///
     /// As [`recover_partition`].
@@ -105,6 +111,7 @@ impl ChangelogReader {
         kafka: &Kafka,
         table: &Table,
         partition: Partition,
+        store_ahead: StoreAhead,
     ) -> anyhow::Result<RecoveryReport> {
         let topic = table.changelog_topic();
         let store = table.store();
@@ -131,6 +138,18 @@ impl ChangelogReader {
                 );
                 low
             }
+            Some(offset) if offset > high && store_ahead == StoreAhead::Rebuild => {
+                tracing::warn!(
+                    table = table.name(),
+                    partition,
+                    persisted = offset,
+                    high,
+                    "recovery: the store is ahead of the changelog; dropping its state and \
+                     replaying the changelog, as recovery.store_ahead = \"rebuild\" asks"
+                );
+                store.drop_partition(partition)?;
+                low
+            }
             Some(offset) if offset > high && kafka.embedded_cluster().is_some() => {
                 // The embedded cluster starts empty in every process, so state
                 // left by an earlier process belongs to topics that are gone.
@@ -148,8 +167,8 @@ impl ChangelogReader {
             Some(offset) if offset > high => bail!(
                 "table {} partition {partition} has applied the changelog up to offset {offset}, but \
                  changelog {topic} ends at offset {high}, so the topic was deleted and recreated or \
-                 belongs to another cluster. Delete the table's state directory to rebuild the table \
-                 from the changelog",
+                 belongs to another cluster. Delete the table's state directory, or set \
+                 recovery.store_ahead = \"rebuild\", to rebuild the table from the changelog",
                 table.name()
             ),
             Some(offset) => offset,

@@ -3,6 +3,7 @@
 //! broker, so they survive worker restarts and a broker crash, and a
 //! deleted store is rebuilt from the broker's changelog.
 
+use tablehost::store::{RocksStore, Store};
 use tablehost_tests::{plugin, Broker, Harness};
 
 #[test]
@@ -65,4 +66,106 @@ fn broker_crash_keeps_offsets_and_changelog() {
     assert_eq!(third.recoveries.iter().map(|r| r.replayed).sum::<u64>(), 3);
     assert_eq!(harness.table(&config, "counts"), expected);
     assert_eq!(harness.records("real-counts-changelog").len(), 3);
+}
+
+fn counter_config(harness: &Harness, broker: &Broker, extra: &str) -> tablehost::config::Config {
+    harness.config(&format!(
+        r#"
+        app_id = "ahead"
+        brokers = "{}"
+        {extra}
+        [[agents]]
+        name = "counter"
+        component = {:?}
+        sources = ["events"]
+        tables = ["counts"]
+        [[tables]]
+        name = "counts"
+        "#,
+        broker.bootstrap(),
+        plugin("counter").display().to_string()
+    ))
+}
+
+#[test]
+fn store_ahead_of_changelog() {
+    let broker = Broker::start();
+    let harness = Harness::with_brokers(&broker.bootstrap());
+    let failing = counter_config(&harness, &broker, "");
+    harness.topic("events", 1);
+    harness.produce(
+        "events",
+        &[(0, Some(b"a"), Some(b"x")), (0, Some(b"b"), Some(b"x"))],
+    );
+    harness.run_to_end(&failing);
+    let expected = harness.table(&failing, "counts");
+
+    // The store claims offset 10 of a changelog that ends at 2, as a store
+    // kept from a changelog that was since deleted and recreated would.
+    // (tansu 0.6.0 deletes every topic on DeleteTopics, so the test moves
+    // the store's offset instead of recreating the topic.)
+    {
+        let dir = tablehost::manager::table_dir(&failing.state_dir(), "counts");
+        let store = RocksStore::open("counts", &dir, &Default::default()).unwrap();
+        store.apply_changelog(0, &[], 10).unwrap();
+        store.persist().unwrap();
+    }
+    let error = tablehost::worker::run(
+        &failing,
+        harness.kafka.clone(),
+        Default::default(),
+        tablehost::worker::RunOptions {
+            stop_at_end: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains(
+            "table counts partition 0 has applied the changelog up to offset 10, but changelog \
+             ahead-counts-changelog ends at offset 2"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("recovery.store_ahead = \"rebuild\""),
+        "{message}"
+    );
+
+    // With rebuild, the state is dropped and replayed from the changelog.
+    let rebuilding = counter_config(&harness, &broker, "[recovery]\nstore_ahead = \"rebuild\"");
+    let rebuilt = harness.run_to_end(&rebuilding);
+    assert_eq!(rebuilt.recoveries[0].from_offset, 0);
+    assert_eq!(rebuilt.recoveries[0].replayed, 2);
+    assert_eq!(harness.table(&rebuilding, "counts"), expected);
+}
+
+#[test]
+fn changelog_created_by_hand_is_used() {
+    let broker = Broker::start();
+    let harness = Harness::with_brokers(&broker.bootstrap());
+    let config = counter_config(&harness, &broker, "");
+
+    // An operator created the changelog and wrote state before the first run.
+    harness
+        .kafka
+        .ensure_topic(
+            "ahead-counts-changelog",
+            1,
+            tablehost::kafka::TopicKind::Changelog,
+        )
+        .unwrap();
+    harness.produce(
+        "ahead-counts-changelog",
+        &[(0, Some(b"a"), Some(b"40")), (0, Some(b"a"), Some(b"41"))],
+    );
+    harness.topic("events", 1);
+    harness.produce("events", &[(0, Some(b"a"), Some(b"x"))]);
+
+    let summary = harness.run_to_end(&config);
+    assert_eq!(summary.recoveries[0].replayed, 2);
+    assert_eq!(summary.events, 1);
+    let table = harness.table(&config, "counts");
+    assert_eq!(table[&(0, b"a".to_vec())], b"42");
 }
