@@ -26,7 +26,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::agent::{Agent, AgentRuntime, BatchOutcome, Event, Header};
 use crate::config::Config;
-use crate::kafka::embedded::record_footprint;
+use crate::kafka::embedded::{record_footprint, EARLY_COMMIT_BYTES, EARLY_COMMIT_RECORDS};
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::producer::{OutHeader, TrackedProducer};
 use crate::kafka::{Kafka, TopicKind};
@@ -390,10 +390,12 @@ fn run_loop(
             }
         }
 
-        if last_commit.elapsed() >= commit_interval {
-            lock(processor).commit(consumer)?;
+        let mut processor_guard = lock(processor);
+        if last_commit.elapsed() >= commit_interval || processor_guard.embedded_backlog_full() {
+            processor_guard.commit(consumer)?;
             last_commit = Instant::now();
         }
+        drop(processor_guard);
         if last_progress.elapsed() >= Duration::from_secs(5) {
             last_progress = Instant::now();
             let processor = lock(processor);
@@ -665,6 +667,15 @@ impl Processor {
             cluster.ledger().reserve(topic, partition, bytes, 1)?;
         }
         Ok(partition as i32)
+    }
+
+    /// Returns whether a source partition of the embedded cluster has so
+    /// much uncommitted data that a loader may be waiting for room.
+    fn embedded_backlog_full(&self) -> bool {
+        self.kafka.embedded_cluster().is_some()
+            && self.consumed.values().any(|(bytes, records)| {
+                *bytes >= EARLY_COMMIT_BYTES || *records >= EARLY_COMMIT_RECORDS
+            })
     }
 
     /// Commits: changelog and outputs acknowledged, stores durable, then

@@ -36,6 +36,14 @@ pub const RETAINED_BATCHES: u64 = 100_000;
 const USABLE_BYTES: u64 = RETAINED_BYTES * 3 / 4;
 const USABLE_RECORDS: u64 = RETAINED_BATCHES * 3 / 4;
 
+/// Uncommitted bytes or records of one source partition at which a worker
+/// commits before its interval ends: half the usable window, so a loader
+/// waiting for room is released long before its wait times out, however
+/// long `commit_interval_ms` is.
+pub const EARLY_COMMIT_BYTES: u64 = USABLE_BYTES / 2;
+/// See [`EARLY_COMMIT_BYTES`].
+pub const EARLY_COMMIT_RECORDS: u64 = USABLE_RECORDS / 2;
+
 /// Estimated bytes one record takes in a record batch besides its key,
 /// value and headers (record and batch framing).
 const RECORD_OVERHEAD: u64 = 80;
