@@ -11,12 +11,14 @@
 //!
 //! The host therefore never lets a partition outgrow the retained window
 //! unread. [`RetentionLedger`] counts the bytes and records produced to each
-//! partition and the part of them already consumed and committed; a producer
-//! of source records waits for room ([`RetentionLedger::wait_for_room`]), and
-//! a partition nobody consumes (a changelog, an output topic) that would
-//! outgrow the window fails with [`RetentionError`] instead of losing data.
-//! Readers check that a partition's low watermark is still zero before they
-//! trust it to be complete.
+//! partition and the part of them already consumed and committed. A
+//! producer of source records waits for room
+//! ([`RetentionLedger::wait_for_room`]), and the worker commits early to
+//! make room ([`EARLY_COMMIT_BYTES`]). A write to a partition that no
+//! consumer of this process reads (a changelog, an output topic) and that
+//! would outgrow the window fails with [`RetentionError`] instead of losing
+//! data. Readers check that a partition's low watermark is still zero
+//! before they trust it to be complete.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
