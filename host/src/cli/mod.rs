@@ -42,7 +42,7 @@ pub struct InputArgs {
     #[arg(long)]
     pub format: Option<InputFormat>,
     /// Partitions to create the topic with when it does not exist; by
-    /// default the count under [[topics]] in the config, else 8.
+    /// default the count under `[[topics]]` in the config, else 8.
     #[arg(long)]
     pub partitions: Option<u32>,
 }
@@ -51,7 +51,7 @@ impl InputArgs {
     /// Returns the partition count to use for `topic`: `--partitions` when
     /// given (creating the topic then fails if it exists with another
     /// count), else the existing topic's count, else the config's
-    /// [[topics]] entry, else 8.
+    /// `[[topics]]` entry, else 8.
     pub(crate) fn partitions(
         &self,
         kafka: &crate::kafka::Kafka,

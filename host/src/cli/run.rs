@@ -33,7 +33,7 @@ pub(super) struct RunArgs {
     #[arg(long, requires = "load")]
     format: Option<crate::load::InputFormat>,
     /// Partitions to create the `--load` topic with when it does not exist;
-    /// by default the count under [[topics]] in the config, else 8.
+    /// by default the count under `[[topics]]` in the config, else 8.
     #[arg(long, requires = "load")]
     partitions: Option<u32>,
     /// Stop once every source partition is consumed to its end (after `--load` finishes).
