@@ -25,9 +25,11 @@ TABLEHOST    := $(CARGO_TARGET_DIR)/debug/tablehost
 
 all: host plugins
 
-## setup: install the system packages and Rust targets the build needs (idempotent)
+## setup: install the system packages and Rust targets the build needs (idempotent),
+## and claim the shared target directories for this checkout (see .ci/claim-target)
 setup:
 	@bash .ci/setup
+	@CARGO_TARGET_DIR=$(CARGO_TARGET_DIR) WASM_TARGET_DIR=$(WASM_TARGET_DIR) bash .ci/claim-target
 
 ## tansu: install the tansu broker the real-broker tests start (once per machine)
 tansu:

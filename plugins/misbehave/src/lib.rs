@@ -16,6 +16,9 @@
 //! | `open-undeclared` | opens table `not-declared` and records the result |
 //! | `oversized`       | sets a 2 MiB value (2097152 bytes) under key `oversized` in `counts` and records the result |
 //! | `send-undeclared` | sends a record to topic `not-declared` and records the result |
+//! | `set`             | adds `x`, `y` and `z` to the set of the record key in the set table `counts`, discards `y`, and writes the members joined by `,` to `results["set"]` |
+//! | `set-read`        | writes the members of the record key's set in `counts`, joined by `,`, to `results["set-read"]` |
+//! | `set-clear`       | clears the record key's set in `counts` and writes `removed N, left M` to `results["set-clear"]` |
 //! | `scan`            | sets `counts["k3"]` to `7`, deletes `counts["k2"]`, then writes the entries of `counts` whose keys start with `k` to `results["scan"]` as `key=value` pairs joined by `,` |
 //!
 //! Any other value, or a tombstone, fails the event with an error that
@@ -39,7 +42,7 @@
 
 use std::hint::black_box;
 
-use tablehost_guest::{export_agent, output, Agent, Error, Event, Raw, Table};
+use tablehost_guest::{export_agent, output, Agent, Error, Event, Raw, SetTable, Table};
 
 /// The size of the value that the `oversized` behaviour writes.
 const OVERSIZED_VALUE_BYTES: usize = 2 * 1024 * 1024;
@@ -79,9 +82,12 @@ impl Agent for Misbehave {
                 record_result("send-undeclared", result)
             }
             "scan" => scan(),
+            "set" => set_operations(event),
+            "set-read" => set_read(event),
+            "set-clear" => set_clear(event),
             other => Err(Error::msg(format!(
                 "misbehave: unknown behaviour {other:?}; expected one of count, send, \
-                 trap, loop, grow, recurse, fail, open-undeclared, oversized, send-undeclared, scan"
+                 trap, loop, grow, recurse, fail, open-undeclared, oversized, send-undeclared, scan, set, set-read, set-clear"
             ))),
         }
     }
@@ -117,6 +123,48 @@ fn scan() -> Result<(), Error> {
 
     let results: Table<str, Vec<u8>, Raw> = Table::open("results")?;
     results.set("scan", &listed.join(",").into_bytes())
+}
+
+/// Adds three members to the record key's set, discards one, and records
+/// the members left.
+fn set_operations(event: &Event) -> Result<(), Error> {
+    let sets: SetTable<[u8], str> = SetTable::open("counts")?;
+    let key = event.key_bytes();
+    for member in ["x", "y", "z"] {
+        sets.add(key, member)?;
+    }
+    sets.discard(key, "y")?;
+    record_text("set", &joined_members(&sets, key)?)
+}
+
+/// Records the members of the record key's set.
+fn set_read(event: &Event) -> Result<(), Error> {
+    let sets: SetTable<[u8], str> = SetTable::open("counts")?;
+    record_text("set-read", &joined_members(&sets, event.key_bytes())?)
+}
+
+/// Clears the record key's set and records how many members were removed
+/// and how many are left.
+fn set_clear(event: &Event) -> Result<(), Error> {
+    let sets: SetTable<[u8], str> = SetTable::open("counts")?;
+    let key = event.key_bytes();
+    let removed = sets.clear(key)?;
+    let left = sets.members(key)?.len();
+    record_text("set-clear", &format!("removed {removed}, left {left}"))
+}
+
+fn joined_members(sets: &SetTable<[u8], str>, key: &[u8]) -> Result<String, Error> {
+    let members: Vec<String> = sets
+        .members(key)?
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    Ok(members.join(","))
+}
+
+fn record_text(key: &str, text: &str) -> Result<(), Error> {
+    let results: Table<str, Vec<u8>, Raw> = Table::open("results")?;
+    results.set(key, &text.as_bytes().to_vec())
 }
 
 /// Writes the outcome of a guarded call to `results[key]`.
