@@ -402,6 +402,8 @@ fn run_loop(
             tracing::info!(
                 events = processor.summary.events,
                 commits = processor.summary.commits,
+                assigned = processor.assigned.len(),
+                recovering = processor.to_recover.len(),
                 "worker: progress"
             );
         }

@@ -49,6 +49,9 @@ pub fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// How long [`Harness::run_to_end`] waits for a run to consume its sources.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
 /// A record to produce: partition, key and value.
 pub type TestRecord<'a> = (i32, Option<&'a [u8]>, Option<&'a [u8]>);
 
@@ -122,16 +125,31 @@ impl Harness {
 
     /// Runs the application until every source partition is consumed.
     pub fn run_to_end(&self, config: &Config) -> RunSummary {
-        run(
-            config,
-            self.kafka.clone(),
-            Arc::new(Shutdown::default()),
-            RunOptions {
-                stop_at_end: true,
-                ..Default::default()
-            },
-        )
-        .expect("run succeeds")
+        // The run happens on its own thread so a run that never reaches the
+        // end fails the test after a bound instead of hanging the suite.
+        let shutdown = Arc::new(Shutdown::default());
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let worker = {
+            let (config, kafka, shutdown) = (config.clone(), self.kafka.clone(), shutdown.clone());
+            std::thread::spawn(move || {
+                let options = RunOptions {
+                    stop_at_end: true,
+                    ..Default::default()
+                };
+                let _ = sender.send(run(&config, kafka, shutdown, options));
+            })
+        };
+        match receiver.recv_timeout(RUN_TIMEOUT) {
+            Ok(result) => {
+                worker.join().expect("worker thread");
+                result.expect("run succeeds")
+            }
+            Err(_) => {
+                shutdown.request();
+                let drained = receiver.recv_timeout(Duration::from_secs(60));
+                panic!("the run did not consume its sources within {RUN_TIMEOUT:?}; after a drain request it returned {drained:?}");
+            }
+        }
     }
 
     /// Returns every entry of a RocksDB table as `(partition, key) -> value`.
