@@ -61,7 +61,7 @@ pub struct TableManager {
     table_dirs: HashMap<String, std::path::PathBuf>,
     /// The changelog consumer, created at the first recovery.
     reader: std::sync::Mutex<Option<ChangelogReader>>,
-    /// What recovery does when a store is ahead of its changelog.
+    /// The recovery action when a store is ahead of its changelog.
     store_ahead: StoreAhead,
 }
 
@@ -270,13 +270,20 @@ mod tests {
         );
     }
 
-    #[test]
-    fn manager_rejects_changelog_with_other_partition_count() {
+    /// Returns a config with agent `a` on source `in` and memory table `t`,
+    /// with the directory that contains its component stub.
+    fn one_table_config() -> (tempfile::TempDir, Config) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
         let text = "app_id = \"app\"\nstate_dir = \"state\"\n[[agents]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\
                     sources = [\"in\"]\ntables = [\"t\"]\n[[tables]]\nname = \"t\"\nstore = \"memory\"\n";
         let config = Config::parse(text, Path::new("app.toml"), dir.path()).unwrap();
+        (dir, config)
+    }
+
+    #[test]
+    fn manager_rejects_changelog_with_other_partition_count() {
+        let (_dir, config) = one_table_config();
         let kafka = Kafka::embedded(Default::default()).unwrap();
         kafka
             .ensure_topic("app-t-changelog", 5, TopicKind::Changelog)
@@ -294,11 +301,7 @@ mod tests {
 
     #[test]
     fn manager_flush_refuses_what_embedded_cluster_would_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
-        let text = "app_id = \"app\"\nstate_dir = \"state\"\n[[agents]]\nname = \"a\"\ncomponent = \"a.wasm\"\n\
-                    sources = [\"in\"]\ntables = [\"t\"]\n[[tables]]\nname = \"t\"\nstore = \"memory\"\n";
-        let config = Config::parse(text, Path::new("app.toml"), dir.path()).unwrap();
+        let (_dir, config) = one_table_config();
         let kafka = Kafka::embedded(Default::default()).unwrap();
         let partitions: HashMap<String, u32> = [("in".to_owned(), 1)].into_iter().collect();
         let manager = TableManager::open(&config, &kafka, &partitions).unwrap();

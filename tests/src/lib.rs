@@ -154,14 +154,7 @@ impl Harness {
 
     /// Returns every entry of a RocksDB table as `(partition, key) -> value`.
     pub fn table(&self, config: &Config, table: &str) -> BTreeMap<(u32, Vec<u8>), Vec<u8>> {
-        let options = &config
-            .tables
-            .iter()
-            .find(|t| t.name == table)
-            .expect("table is declared")
-            .rocksdb;
-        let store = RocksStore::open(table, &table_dir(&config.state_dir(), table), options)
-            .expect("store opens");
+        let store = open_store(config, table);
         let mut out = BTreeMap::new();
         for partition in store.partitions().expect("partitions") {
             for entry in store.iter(partition).expect("iterator") {
@@ -174,15 +167,9 @@ impl Harness {
 
     /// Returns the changelog offset a table's store has persisted for a partition.
     pub fn persisted_offset(&self, config: &Config, table: &str, partition: u32) -> Option<i64> {
-        let options = &config
-            .tables
-            .iter()
-            .find(|t| t.name == table)
-            .expect("table is declared")
-            .rocksdb;
-        let store = RocksStore::open(table, &table_dir(&config.state_dir(), table), options)
-            .expect("store opens");
-        store.changelog_offset(partition).expect("offset")
+        open_store(config, table)
+            .changelog_offset(partition)
+            .expect("offset")
     }
 
     /// Deletes a table's RocksDB directory.
@@ -255,6 +242,17 @@ impl Harness {
     }
 }
 
+/// Opens the RocksDB store of a stopped application's table.
+fn open_store(config: &Config, table: &str) -> RocksStore {
+    let options = &config
+        .tables
+        .iter()
+        .find(|t| t.name == table)
+        .expect("table is declared")
+        .rocksdb;
+    RocksStore::open(table, &table_dir(&config.state_dir(), table), options).expect("store opens")
+}
+
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -322,7 +320,7 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            // Maintenance (compaction, retention) runs hourly, so a test sees
+            // Maintenance (compaction, retention) runs hourly, so a test reads back
             // every record it wrote.
             .args([
                 "--storage-engine",
