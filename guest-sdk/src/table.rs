@@ -253,7 +253,7 @@ impl<K: ?Sized, V, C: Codec<V>> Table<K, V, C> {
     /// Iterates over every entry of the event's partition, in ascending
     /// byte order of the encoded keys.
     ///
-    /// The iterator sees writes made earlier in the same batch and skips
+    /// The iterator includes writes made earlier in the same batch and skips
     /// deleted keys. It fetches entries from the host in pages, so a large
     /// partition is never copied into the instance at once. Keys are
     /// returned as their encoded bytes, because [`Key`] only encodes.
@@ -342,7 +342,7 @@ impl<K: ?Sized, V, C: Codec<V>> Iterator for Entries<'_, K, V, C> {
                 Err(source) => return Some(Err(table_error(self.table.name(), "scan", source))),
             };
             // The host returns at least one entry while any is left, so an
-            // empty page ends the range; otherwise the next page starts just
+            // empty page ends the range. Otherwise the next page starts just
             // after the last key of this one.
             if let Some(last) = page.last() {
                 let mut after = last.key.clone();

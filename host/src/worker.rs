@@ -64,7 +64,7 @@ impl Shutdown {
 /// The offset a consumer must reach in each source topic and partition.
 pub type EndOffsets = HashMap<(String, i32), i64>;
 
-/// End offsets that another thread sets once it knows them.
+/// End offsets that another thread sets once they are known.
 pub type SharedEndOffsets = Arc<Mutex<Option<EndOffsets>>>;
 
 /// Options of one run.

@@ -1,7 +1,7 @@
 //! The host side of the WIT world: what an agent's imports do.
 //!
 //! [`HostState`] is the data of one wasmtime `Store`: the WASI context, the
-//! resource table that holds open table handles, the memory limiter and the
+//! resource table that contains open table handles, the memory limiter and the
 //! effects of the batch in progress. Table writes and output records of a
 //! batch are collected in [`BatchEffects`] and applied only when the whole
 //! batch returns without a trap or error, so a failed batch leaves no trace.

@@ -61,7 +61,7 @@ pub struct EmbeddedCluster {
     ledger: RetentionLedger,
 }
 
-// SAFETY: `MockCluster` holds a raw pointer to librdkafka's mock cluster,
+// SAFETY: `MockCluster` stores a raw pointer to librdkafka's mock cluster,
 // which is why it is not `Send` or `Sync` on its own. The mock cluster runs
 // on its own librdkafka thread, and the two operations used here
 // (`rd_kafka_mock_cluster_bootstraps` and `rd_kafka_mock_topic_create`)

@@ -202,9 +202,9 @@ impl Kafka {
         self.wait_until_visible(topic)
     }
 
-    /// Waits until a created topic appears in metadata with a leader for
-    /// every partition, so callers can produce and fetch watermarks right
-    /// away; metadata propagates asynchronously on both kinds of cluster.
+    /// Waits until a created topic appears in metadata and its partition 0
+    /// returns watermarks, so callers can produce and fetch watermarks right
+    /// away. Metadata propagates asynchronously on both kinds of cluster.
     fn wait_until_visible(&self, topic: &str) -> anyhow::Result<()> {
         for _ in 0..100 {
             if self.partition_count(topic)?.is_some() && self.watermarks(topic, 0).is_ok() {

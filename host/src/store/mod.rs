@@ -3,7 +3,7 @@
 //!
 //! A [`Store`] keeps the data of one table. Every operation names the
 //! partition it applies to, because a table is partitioned exactly like the
-//! source topic its agents consume: partition 3 of the table holds the state
+//! source topic its agents consume: partition 3 of the table contains the state
 //! built from partition 3 of the source, and it is recovered from partition 3
 //! of the table's changelog topic.
 //!

@@ -86,7 +86,7 @@ impl Table {
 
     /// Returns the entries of `partition` whose keys lie in `start..end`
     /// (`end` of `None` is unbounded), in ascending key order, as the agent
-    /// sees them: `newer` writes (the batch in progress) shadow the write
+    /// reads them: `newer` writes (the batch in progress) shadow the write
     /// cache, which shadows the store, and deleted keys are left out.
     ///
     /// Returns at most `limit` entries. It also stops before an entry that

@@ -105,7 +105,7 @@ fn count(event: &Event) -> Result<(), Error> {
 }
 
 /// Writes one key and deletes another in the batch, then lists the `k`
-/// prefix of `counts`, so a test sees the batch's own writes in the scan.
+/// prefix of `counts`, so a test can check that the scan includes the batch's own writes.
 fn scan() -> Result<(), Error> {
     let counts: Table<str, Vec<u8>, Raw> = Table::open("counts")?;
     counts.set("k3", &b"7".to_vec())?;
