@@ -7,7 +7,8 @@
 //! commits every `commit_interval_ms` (see [`crate::manager`] for the
 //! commit order). Rebalance callbacks run on the same thread, inside
 //! `poll`: a revoked partition is committed before it is released, and an
-//! assigned partition is paused until its tables are recovered.
+//! assigned partition's tables are recovered before `poll` returns, so no
+//! record of it reaches an agent earlier.
 //!
 //! The loop ends in three ways. [`Shutdown::request`] drains it with a final
 //! commit, and [`Shutdown::abort`] stops it without one, as a crash would.
@@ -119,15 +120,13 @@ struct Processor {
     /// Bytes and records consumed since the last commit, per source
     /// partition, released from the embedded cluster's ledger at commit.
     consumed: HashMap<(String, i32), (u64, u64)>,
-    /// Partitions assigned but not yet recovered.
-    to_recover: Vec<(String, i32)>,
     /// Partitions assigned to this worker.
     assigned: std::collections::BTreeSet<(String, i32)>,
     summary: RunSummary,
     aborting: bool,
-    /// A commit that failed inside a rebalance callback, where it cannot be
-    /// returned; the loop stops with it after `poll` returns.
-    failed_commit: Option<String>,
+    /// A commit or recovery that failed inside a rebalance callback, where
+    /// it cannot be returned; the loop stops with it after `poll` returns.
+    rebalance_failure: Option<String>,
     app_id: String,
 }
 
@@ -160,36 +159,49 @@ impl ConsumerContext for WorkerContext {
                 // worker's write caches are drained, so it must stop.
                 let message = format!("{error:#}");
                 tracing::error!(error = %message, "worker.rebalance: commit before revocation failed; stopping");
-                processor.failed_commit = Some(message);
+                processor.rebalance_failure =
+                    Some(format!("commit before revocation failed: {message}"));
             }
             for element in partitions.elements() {
                 let key = (element.topic().to_owned(), element.partition());
                 processor.manager.release(&key.0, key.1 as u32);
                 processor.positions.remove(&key);
-                processor.to_recover.retain(|p| *p != key);
                 processor.assigned.remove(&key);
             }
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
                 tracing::info!(
                     partitions = partitions.count(),
                     "worker.rebalance: partitions assigned"
                 );
-                // Nothing of a new partition may reach an agent before its
-                // tables are recovered, so it stays paused until then.
-                if let Err(error) = consumer.pause(partitions) {
-                    tracing::error!(%error, "worker.rebalance: failed to pause assigned partitions");
-                }
+                // Recovering here, inside `poll`, means no record of a new
+                // partition reaches the application before its tables are
+                // recovered. Pausing the partitions and recovering after
+                // `poll` returned instead raced with the assignment in
+                // librdkafka and could leave a partition paused for good.
                 let mut processor = lock(&self.processor);
+                let started = Instant::now();
                 for element in partitions.elements() {
                     let key = (element.topic().to_owned(), element.partition());
-                    processor.assigned.insert(key.clone());
-                    processor.to_recover.push(key);
+                    match processor
+                        .manager
+                        .assign(&processor.kafka, &key.0, key.1 as u32)
+                    {
+                        Ok(reports) => processor.summary.recoveries.extend(reports),
+                        Err(error) => {
+                            let message = format!("{error:#}");
+                            tracing::error!(topic = %key.0, partition = key.1, error = %message, "worker.rebalance: recovery failed; stopping");
+                            processor.rebalance_failure = Some(message);
+                            break;
+                        }
+                    }
+                    processor.assigned.insert(key);
                 }
+                processor.summary.recovery_seconds += started.elapsed().as_secs_f64();
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(error) => {
@@ -271,11 +283,10 @@ pub fn run(
         topic_partitions,
         positions: BTreeMap::new(),
         consumed: HashMap::new(),
-        to_recover: Vec::new(),
         assigned: Default::default(),
         summary: RunSummary::default(),
         aborting: false,
-        failed_commit: None,
+        rebalance_failure: None,
         app_id: config.app_id.clone(),
     }));
 
@@ -362,8 +373,6 @@ fn run_loop(
     let mut batch: Vec<Event> = Vec::with_capacity(config.batch_size);
 
     while shutdown.state() == RUNNING {
-        recover_assigned(consumer, processor)?;
-
         // Collect up to one batch: wait briefly for the first record, then
         // take what is already fetched.
         batch.clear();
@@ -377,8 +386,8 @@ fn run_loop(
             timeout = Duration::ZERO;
         }
 
-        if let Some(message) = lock(processor).failed_commit.take() {
-            bail!("worker: commit before revocation failed: {message}");
+        if let Some(message) = lock(processor).rebalance_failure.take() {
+            bail!("worker: {message}");
         }
 
         if !batch.is_empty() {
@@ -403,7 +412,6 @@ fn run_loop(
                 events = processor.summary.events,
                 commits = processor.summary.commits,
                 assigned = processor.assigned.len(),
-                recovering = processor.to_recover.len(),
                 "worker: progress"
             );
         }
@@ -438,10 +446,9 @@ fn reached_end(
     let processor = lock(processor);
     // Until the group has assigned every partition with data, this worker
     // cannot know it has consumed them all.
-    if !processor.to_recover.is_empty()
-        || ends
-            .iter()
-            .any(|(key, end)| *end > 0 && !processor.assigned.contains(key))
+    if ends
+        .iter()
+        .any(|(key, end)| *end > 0 && !processor.assigned.contains(key))
     {
         return false;
     }
@@ -484,31 +491,6 @@ fn reached_end(
             _ => false,
         }
     })
-}
-
-fn recover_assigned(
-    consumer: &BaseConsumer<WorkerContext>,
-    processor: &Mutex<Processor>,
-) -> anyhow::Result<()> {
-    let mut processor = lock(processor);
-    if processor.to_recover.is_empty() {
-        return Ok(());
-    }
-    let started = Instant::now();
-    let assigned = std::mem::take(&mut processor.to_recover);
-    let mut resume = TopicPartitionList::new();
-    for (topic, partition) in &assigned {
-        let reports = processor
-            .manager
-            .assign(&processor.kafka, topic, *partition as u32)?;
-        processor.summary.recoveries.extend(reports);
-        resume.add_partition(topic, *partition);
-    }
-    processor.summary.recovery_seconds += started.elapsed().as_secs_f64();
-    consumer
-        .resume(&resume)
-        .context("worker: failed to resume recovered partitions")?;
-    Ok(())
 }
 
 fn to_event(message: &BorrowedMessage<'_>) -> Event {
