@@ -15,7 +15,7 @@ WASM_TARGET_DIR  ?= $(CACHE)/target-wasm
 DATA_CACHE       ?= $(CACHE)/data
 export CARGO_TARGET_DIR
 
-PLUGINS      := flight-delays counter misbehave
+PLUGINS      := flight-delays counter misbehave windowed-counter
 PLUGIN_DIR   := build/plugins
 FLIGHTS      := build/data/flights-3m.parquet
 VEGA_VERSION := 3.2.1

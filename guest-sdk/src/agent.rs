@@ -1,16 +1,19 @@
-//! The per-event entry point and the batch loop that drives it.
+//! The per-event entry point, the window-close handler, and the loops that
+//! drive them from the component's exports.
 
 #[cfg(any(target_arch = "wasm32", test))]
 use std::panic::Location;
 
-use crate::{Error, Event};
+use crate::bindings::tablehost::agent::tables as wit;
+use crate::{ClosedWindow, Error, Event, Window};
 
-/// An agent's handling of one event.
+/// An agent's handling of one event, and of a window that closes.
 ///
 /// The host hands events over in batches of one source partition, in
 /// offset order. [`export_agent!`](crate::export_agent) turns an `Agent`
 /// into the component's `handler` export, which calls [`Agent::handle`] for
-/// each event of a batch in turn.
+/// each event of a batch in turn, and its `window-close` export, which
+/// calls [`Agent::on_window_close`].
 ///
 /// Returning `Err` (or panicking, which traps) discards every table write
 /// and output record of the whole batch, not only those of this event. The
@@ -27,6 +30,26 @@ pub trait Agent {
     /// The error's text reaches the host and the dead-letter topic, prefixed
     /// with the event's topic, partition and offset.
     fn handle(event: &Event) -> Result<(), Error>;
+
+    /// Handles a window of a [`WindowedTable`](crate::WindowedTable) that
+    /// has closed, once per key and window, with its final value. The
+    /// default does nothing, so an agent without windowed tables need not
+    /// implement it.
+    ///
+    /// Table operations and sends work as in [`Agent::handle`] and apply to
+    /// the window's partition. Operations that take an [`Event`] fail with
+    /// [`TableError::UnknownEvent`](crate::TableError::UnknownEvent).
+    ///
+    /// # Errors
+    ///
+    /// Returning `Err`, like a panic, discards this call's table writes and
+    /// output records. The host logs the error text, which the SDK
+    /// prefixes with the window, key and table, and deletes the window all
+    /// the same.
+    fn on_window_close(closed: &ClosedWindow) -> Result<(), Error> {
+        let _ = closed;
+        Ok(())
+    }
 }
 
 /// Calls `A::handle` for each event in order and stops at the first error.
@@ -48,6 +71,35 @@ pub fn handle_batch<A: Agent + ?Sized>(events: Vec<Event>) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+/// Calls `A::on_window_close` for the window that the host reports closed.
+///
+/// The `Err` text names the table, key and window, so that the host's log
+/// points at the window.
+pub fn close_window<A: Agent + ?Sized>(
+    table: String,
+    key: Vec<u8>,
+    window: wit::Window,
+    value: Vec<u8>,
+) -> Result<(), String> {
+    #[cfg(target_arch = "wasm32")]
+    install_panic_hook();
+
+    let closed = ClosedWindow {
+        table,
+        key,
+        window: Window::from(window),
+        value,
+    };
+    A::on_window_close(&closed).map_err(|error| {
+        format!(
+            "failed to handle close of window {} of key \"{}\" in table {:?}: {error}",
+            closed.window,
+            closed.key.escape_ascii(),
+            closed.table
+        )
+    })
 }
 
 /// Installs, once per instance, a panic hook that writes the panic to
@@ -111,6 +163,74 @@ mod tests {
                 _ => Ok(()),
             }
         }
+    }
+
+    /// Implements only `handle`, so it has the default close handler.
+    struct NoCloseHandler;
+
+    impl Agent for NoCloseHandler {
+        fn handle(_event: &Event) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    /// Fails to close windows whose value is not a JSON count.
+    struct DecodeOnClose;
+
+    impl Agent for DecodeOnClose {
+        fn handle(_event: &Event) -> Result<(), Error> {
+            Ok(())
+        }
+
+        fn on_window_close(closed: &ClosedWindow) -> Result<(), Error> {
+            closed.value_json::<u64>().map(drop)
+        }
+    }
+
+    fn wit_window(start: i64, end: i64) -> wit::Window {
+        wit::Window { start, end }
+    }
+
+    #[test]
+    fn default_close_handler_succeeds() {
+        let result = close_window::<NoCloseHandler>(
+            "clicks".to_string(),
+            b"home".to_vec(),
+            wit_window(0, 60_000),
+            b"not even json".to_vec(),
+        );
+
+        assert_eq!(result, Ok(()));
+    }
+
+    #[test]
+    fn close_handler_receives_window() {
+        let result = close_window::<DecodeOnClose>(
+            "clicks".to_string(),
+            b"home".to_vec(),
+            wit_window(0, 60_000),
+            b"3".to_vec(),
+        );
+
+        assert_eq!(result, Ok(()));
+    }
+
+    #[test]
+    fn close_error_names_table_key_and_window() {
+        let message = close_window::<DecodeOnClose>(
+            "clicks".to_string(),
+            b"home\n".to_vec(),
+            wit_window(60_000, 120_000),
+            b"-1".to_vec(),
+        )
+        .unwrap_err();
+
+        assert_eq!(
+            message,
+            "failed to handle close of window [60000, 120000) of key \"home\\n\" in table \"clicks\": \
+             table \"clicks\": failed to decode value of key \"home\\n\" in window [60000, 120000) \
+             with json: invalid value: integer `-1`, expected u64 at line 1 column 2"
+        );
     }
 
     #[test]

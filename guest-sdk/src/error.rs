@@ -2,7 +2,7 @@
 
 use std::str::Utf8Error;
 
-use crate::{CodecError, SendError, TableError};
+use crate::{CodecError, SendError, TableError, Window};
 
 /// An error from an SDK call or from an agent's handling of an event.
 ///
@@ -17,7 +17,8 @@ pub enum Error {
     Table {
         /// The table's name.
         table: String,
-        /// The operation: `open`, `get`, `set`, `delete` or `contains`.
+        /// The WIT operation, such as `open`, `get`, `set`, `scan` or
+        /// `windows`.
         operation: &'static str,
         /// The host's error.
         #[source]
@@ -49,6 +50,37 @@ pub enum Error {
         /// The codec's error.
         #[source]
         source: CodecError,
+    },
+
+    /// A stored value of a windowed table could not be decoded, which
+    /// usually means it was written with another codec or value type.
+    #[error(
+        "table {table:?}: failed to decode value of key \"{key}\" in window {window} with {codec}: {source}"
+    )]
+    DecodeWindow {
+        /// The table's name.
+        table: String,
+        /// The key, with bytes outside printable ASCII escaped as `\xNN`.
+        key: String,
+        /// The window whose value failed to decode.
+        window: Window,
+        /// The codec's [`NAME`](crate::Codec::NAME).
+        codec: &'static str,
+        /// The codec's error.
+        #[source]
+        source: CodecError,
+    },
+
+    /// A table key that the agent requested as text is not valid UTF-8.
+    #[error("table {table:?}: key \"{key}\" is not valid UTF-8: {source}")]
+    InvalidKeyUtf8 {
+        /// The table's name.
+        table: String,
+        /// The key, with bytes outside printable ASCII escaped as `\xNN`.
+        key: String,
+        /// The position of the invalid bytes.
+        #[source]
+        source: Utf8Error,
     },
 
     /// The host rejected an output record, which was not sent.
@@ -157,6 +189,35 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "table \"counts\": set failed: value is 2097152 bytes, larger than the agent's max_value_bytes limit"
+        );
+    }
+
+    #[test]
+    fn window_closed_display_names_table_and_window() {
+        let error = Error::Table {
+            table: "clicks".to_string(),
+            operation: "set",
+            source: TableError::WindowClosed(Window::new(0, 60_000)),
+        };
+
+        assert_eq!(
+            error.to_string(),
+            "table \"clicks\": set failed: window [0, 60000) has closed, so it can no longer be written"
+        );
+    }
+
+    #[test]
+    fn unknown_event_display_names_offset() {
+        let error = Error::Table {
+            table: "clicks".to_string(),
+            operation: "windows",
+            source: TableError::UnknownEvent(42),
+        };
+
+        assert_eq!(
+            error.to_string(),
+            "table \"clicks\": windows failed: no event at offset 42 in the batch being handled, \
+             so call this only from Agent::handle with its event"
         );
     }
 

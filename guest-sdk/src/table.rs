@@ -13,13 +13,13 @@ use std::marker::PhantomData;
 use std::rc::Rc;
 
 use crate::bindings::tablehost::agent::tables as wit;
-use crate::{Codec, Error, Json, Key};
+use crate::{Codec, Error, Json, Key, Window};
 
 /// The host's reason for rejecting a table operation, which had no effect.
 ///
 /// This mirrors the WIT `table-error` variant. Its `Debug` text is stable
-/// and names the case and payload, such as `Undeclared("not-declared")` or
-/// `ValueTooLarge(2097152)`.
+/// and names the case and payload, such as `Undeclared("not-declared")`,
+/// `ValueTooLarge(2097152)` or `WindowClosed(Window { start: 0, end: 60000 })`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TableError {
@@ -42,6 +42,45 @@ pub enum TableError {
     /// help, so return the error from [`Agent::handle`](crate::Agent::handle).
     #[error("storage failed: {0}")]
     Storage(String),
+
+    /// The table is of another kind than the type that opened it. Either a
+    /// windowed table was opened with [`Table`] or
+    /// [`SetTable`](crate::SetTable), or another table with
+    /// [`WindowedTable`](crate::WindowedTable). The payload is the host's
+    /// text, which names the table's kind.
+    #[error(
+        "table kind {0:?} does not match the type that opened it, so open windowed tables with WindowedTable and others with Table or SetTable"
+    )]
+    WrongKind(String),
+
+    /// The offset names no event of the batch being handled. Window
+    /// operations that take an [`Event`](crate::Event) work only inside
+    /// [`Agent::handle`](crate::Agent::handle), with the event it received.
+    #[error(
+        "no event at offset {0} in the batch being handled, so call this only from Agent::handle with its event"
+    )]
+    UnknownEvent(i64),
+
+    /// The event has no usable event time. Either the table reads the time
+    /// from a field of the JSON value and the value has no integer in that
+    /// field, or the table uses record timestamps and the record has none.
+    /// The payload is the host's description of what is wrong.
+    #[error("event has no usable event time, so it belongs to no window: {0}")]
+    NoEventTime(String),
+
+    /// The window is not one of the table's windows, because its start is
+    /// not on the table's step or its length is not the table's size. Use
+    /// windows returned by [`WindowedTable`](crate::WindowedTable) methods.
+    #[error(
+        "window {0} is not a window of this table (wrong start or length), so use one returned by windows, window_at or range"
+    )]
+    InvalidWindow(Window),
+
+    /// The window has closed, because its end plus the table's `expires` is
+    /// not after the partition's stream time. A closed window is deleted
+    /// and never written again.
+    #[error("window {0} has closed, so it can no longer be written")]
+    WindowClosed(Window),
 }
 
 impl From<wit::TableError> for TableError {
@@ -51,6 +90,11 @@ impl From<wit::TableError> for TableError {
             wit::TableError::KeyTooLarge(size) => Self::KeyTooLarge(size),
             wit::TableError::ValueTooLarge(size) => Self::ValueTooLarge(size),
             wit::TableError::Storage(message) => Self::Storage(message),
+            wit::TableError::WrongKind(kind) => Self::WrongKind(kind),
+            wit::TableError::UnknownEvent(offset) => Self::UnknownEvent(offset),
+            wit::TableError::NoEventTime(reason) => Self::NoEventTime(reason),
+            wit::TableError::InvalidWindow(window) => Self::InvalidWindow(window.into()),
+            wit::TableError::WindowClosed(window) => Self::WindowClosed(window.into()),
         }
     }
 }
@@ -114,7 +158,8 @@ impl<K: ?Sized, V, C: Codec<V>> Table<K, V, C> {
     /// # Errors
     ///
     /// [`Error::Table`] with [`TableError::Undeclared`] when the agent's
-    /// configuration does not declare the table.
+    /// configuration does not declare the table, and with
+    /// [`TableError::WrongKind`] when the table is windowed.
     pub fn open(name: &str) -> Result<Self, Error> {
         let cached = OPEN_TABLES.with(|tables| tables.borrow().get(name).cloned());
         let open = match cached {
@@ -383,7 +428,7 @@ impl<K: ?Sized, V, C> fmt::Debug for Table<K, V, C> {
     }
 }
 
-fn table_error(table: &str, operation: &'static str, source: wit::TableError) -> Error {
+pub(crate) fn table_error(table: &str, operation: &'static str, source: wit::TableError) -> Error {
     Error::Table {
         table: table.to_string(),
         operation,
@@ -411,6 +456,26 @@ mod tests {
                 wit::TableError::Storage("disk".to_string()),
                 TableError::Storage("disk".to_string()),
             ),
+            (
+                wit::TableError::WrongKind("windowed".to_string()),
+                TableError::WrongKind("windowed".to_string()),
+            ),
+            (
+                wit::TableError::UnknownEvent(17),
+                TableError::UnknownEvent(17),
+            ),
+            (
+                wit::TableError::NoEventTime("no field ts".to_string()),
+                TableError::NoEventTime("no field ts".to_string()),
+            ),
+            (
+                wit::TableError::InvalidWindow(wit::Window { start: 5, end: 15 }),
+                TableError::InvalidWindow(Window::new(5, 15)),
+            ),
+            (
+                wit::TableError::WindowClosed(wit::Window { start: 0, end: 10 }),
+                TableError::WindowClosed(Window::new(0, 10)),
+            ),
         ];
 
         for (wit_error, expected) in cases {
@@ -428,6 +493,10 @@ mod tests {
             format!("{:?}", TableError::ValueTooLarge(2_097_152)),
             "ValueTooLarge(2097152)"
         );
+        assert_eq!(
+            format!("{:?}", TableError::WindowClosed(Window::new(0, 60_000))),
+            "WindowClosed(Window { start: 0, end: 60000 })"
+        );
     }
 
     #[test]
@@ -443,6 +512,37 @@ mod tests {
         assert_eq!(
             TableError::Storage("io error".to_string()).to_string(),
             "storage failed: io error"
+        );
+    }
+
+    #[test]
+    fn wrong_kind_display_names_types_to_use() {
+        assert_eq!(
+            TableError::WrongKind("windowed".to_string()).to_string(),
+            "table kind \"windowed\" does not match the type that opened it, so open windowed \
+             tables with WindowedTable and others with Table or SetTable"
+        );
+    }
+
+    #[test]
+    fn window_error_display_text() {
+        assert_eq!(
+            TableError::UnknownEvent(17).to_string(),
+            "no event at offset 17 in the batch being handled, so call this only from \
+             Agent::handle with its event"
+        );
+        assert_eq!(
+            TableError::NoEventTime("value has no field \"ts\"".to_string()).to_string(),
+            "event has no usable event time, so it belongs to no window: value has no field \"ts\""
+        );
+        assert_eq!(
+            TableError::InvalidWindow(Window::new(5, 15)).to_string(),
+            "window [5, 15) is not a window of this table (wrong start or length), so use one \
+             returned by windows, window_at or range"
+        );
+        assert_eq!(
+            TableError::WindowClosed(Window::new(0, 60_000)).to_string(),
+            "window [0, 60000) has closed, so it can no longer be written"
         );
     }
 

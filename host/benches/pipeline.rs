@@ -9,7 +9,13 @@
 //!   second from the first event to the last commit;
 //! - `bare`: the same file through a bare rdkafka consume-and-produce loop
 //!   (no agent, no tables) on the same cluster, fed the same way;
-//! - `recovery`: changelog records per second replayed into RocksDB;
+//! - `windowed`: the same as `e2e` with the windowed-counter agent counting
+//!   flights per origin in one-hour tumbling windows of the flight's date;
+//! - `recovery`: changelog records per second replayed into RocksDB, 5
+//!   million records over 256 partitions;
+//! - `failover`: two workers share a source until one stops; the time until
+//!   the other handles an event of a partition it took over, and the part
+//!   of it spent replaying changelogs, without and with a standby replica;
 //! - `wasm`: the cost of one component call and of one event handled by
 //!   flight-delays, without Kafka;
 //! - `table`: the cost of one write into a table's write cache and of one
@@ -57,22 +63,57 @@ fn main() -> anyhow::Result<()> {
     );
     let scratch = tempfile::tempdir()?;
 
-    let e2e = end_to_end(&data, &component, scratch.path())?;
+    let e2e = end_to_end(
+        &data,
+        &flight_delays_config(&component),
+        "e2e",
+        scratch.path(),
+    )?;
     let bare = bare_loop(&data)?;
     println!("e2e/bare: {:.2}", e2e / bare);
+    let windowed = root.join("build/plugins/windowed_counter.wasm");
+    end_to_end(
+        &data,
+        &windowed_config(&windowed),
+        "windowed",
+        scratch.path(),
+    )?;
     recovery(scratch.path())?;
+    let counter = root.join("build/plugins/counter.wasm");
+    for standbys in [0, 1] {
+        failover(&counter, standbys, scratch.path())?;
+    }
     wasm_call(&component, scratch.path())?;
     table_write(scratch.path())?;
     Ok(())
 }
 
-fn end_to_end(data: &Path, component: &Path, scratch: &Path) -> anyhow::Result<f64> {
-    let text = format!(
-        "app_id = \"bench\"\nstate_dir = {:?}\n[[agents]]\nname = \"flight-delays\"\ncomponent = {:?}\n\
+/// The agents section of the `e2e` run.
+fn flight_delays_config(component: &Path) -> String {
+    format!(
+        "[[agents]]\nname = \"flight-delays\"\ncomponent = {:?}\n\
          sources = [\"flights\"]\noutputs = [\"long-delays\"]\ntables = [\"delays_by_origin\"]\n\
          [[tables]]\nname = \"delays_by_origin\"\n",
-        scratch.join("e2e").display().to_string(),
         component.display().to_string()
+    )
+}
+
+/// The agents section of the `windowed` run: flights per origin (the
+/// record key) per hour of the flight's date.
+fn windowed_config(component: &Path) -> String {
+    format!(
+        "[[agents]]\nname = \"windowed-counter\"\ncomponent = {:?}\n\
+         sources = [\"flights\"]\noutputs = [\"window-closes\"]\ntables = [\"window-counts\"]\n\
+         [[tables]]\nname = \"window-counts\"\n\
+         [tables.window]\ntype = \"tumbling\"\nsize_ms = 3600000\nexpires_ms = 3600000\ntime_field = \"date\"\n",
+        component.display().to_string()
+    )
+}
+
+fn end_to_end(data: &Path, agents: &str, name: &str, scratch: &Path) -> anyhow::Result<f64> {
+    let text = format!(
+        "app_id = \"bench-{name}\"\nstate_dir = {:?}\n{agents}",
+        scratch.join(name).display().to_string(),
     );
     let config = Config::parse(&text, Path::new("bench.toml"), scratch)?;
     let kafka = Arc::new(Kafka::embedded(Default::default())?);
@@ -113,8 +154,8 @@ fn end_to_end(data: &Path, component: &Path, scratch: &Path) -> anyhow::Result<f
     let records = loader.join().expect("loader thread")?;
     let rate = summary.events as f64 / summary.processing_seconds;
     println!(
-        "e2e: {rate:.0} events/s ({} events of {records} loaded, {:.1} s, {} commits)",
-        summary.events, summary.processing_seconds, summary.commits
+        "{name}: {rate:.0} events/s ({} events of {records} loaded, {:.1} s, {} commits, {} outputs, {} windows closed)",
+        summary.events, summary.processing_seconds, summary.commits, summary.outputs, summary.windows_closed
     );
     Ok(rate)
 }
@@ -200,14 +241,16 @@ fn bare_loop(data: &Path) -> anyhow::Result<f64> {
 }
 
 fn recovery(scratch: &Path) -> anyhow::Result<()> {
-    const PARTITIONS: u32 = 32;
-    const RECORDS: u64 = 640_000;
+    // 5 million records; 256 partitions keep each under the embedded
+    // cluster's 5 MiB window.
+    const PARTITIONS: u32 = 256;
+    const RECORDS: u64 = 5_000_000;
     let kafka = Kafka::embedded(Default::default())?;
     let topic = "bench-recovery-changelog";
     kafka.ensure_topic(topic, PARTITIONS, TopicKind::Changelog)?;
     let producer = TrackedProducer::new(&kafka)?;
     for i in 0..RECORDS {
-        let key = format!("key-{:08}", i % 200_000);
+        let key = format!("key-{:08}", i % 1_000_000);
         let value = format!(
             "{{\"flights\":{i},\"delay_total\":{},\"delay_max\":{}}}",
             i * 7,
@@ -247,6 +290,130 @@ fn recovery(scratch: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Two workers count 400,000 keys over 16 partitions; then one stops and
+/// the other takes its partitions over. Prints the time from the stop to
+/// the first event the survivor handles in a taken-over partition, and the
+/// survivor's time replaying changelogs. Most of the total is the embedded
+/// cluster's session timeout (6 s), which it waits out before reassigning
+/// a stopped member's partitions.
+fn failover(component: &Path, standbys: u32, scratch: &Path) -> anyhow::Result<()> {
+    const PARTITIONS: u32 = 16;
+    const KEYS: u64 = 400_000;
+    let kafka = Arc::new(Kafka::embedded(Default::default())?);
+    kafka.ensure_topic("events", PARTITIONS, TopicKind::Plain)?;
+    let config = |worker: &str| -> anyhow::Result<Config> {
+        let text = format!(
+            "app_id = \"failover\"\nstate_dir = {:?}\nstandby_replicas = {standbys}\n\
+             [[agents]]\nname = \"counter\"\ncomponent = {:?}\nsources = [\"events\"]\ntables = [\"counts\"]\n\
+             [[tables]]\nname = \"counts\"\n",
+            scratch.join(format!("failover-{standbys}-{worker}")).display().to_string(),
+            component.display().to_string()
+        );
+        Ok(Config::parse(&text, Path::new("bench.toml"), scratch)?)
+    };
+    let start = |config: Config| {
+        let kafka = kafka.clone();
+        let shutdown = Arc::new(Shutdown::default());
+        let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let options = RunOptions {
+            events_handled: Some(events.clone()),
+            ..Default::default()
+        };
+        let stop = shutdown.clone();
+        let thread = std::thread::spawn(move || run(&config, kafka, shutdown, options));
+        (stop, events, thread)
+    };
+    let handled =
+        |events: &std::sync::atomic::AtomicU64| events.load(std::sync::atomic::Ordering::SeqCst);
+    let (stop_a, events_a, thread_a) = start(config("a")?);
+    let (stop_b, events_b, thread_b) = start(config("b")?);
+
+    let producer = TrackedProducer::new(&kafka)?;
+    let mut send = |key: u64| -> anyhow::Result<()> {
+        let key = format!("key-{key:08}");
+        let partition =
+            (tablehost::kafka::partitioner::murmur2(key.as_bytes()) & 0x7fff_ffff) % PARTITIONS;
+        producer.send(
+            "events",
+            Some(partition as i32),
+            Some(key.as_bytes()),
+            Some(b"1"),
+            &[],
+        )
+    };
+    // Warm up until both workers handle events, so each owns partitions.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut next = 0;
+    while handled(&events_a) == 0 || handled(&events_b) == 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "failover: the workers did not share the source"
+        );
+        for _ in 0..100 {
+            send(next % KEYS)?;
+            next += 1;
+        }
+        producer.flush(Duration::from_secs(30))?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for key in 0..KEYS {
+        send(key)?;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let total = next + KEYS;
+    while handled(&events_a) + handled(&events_b) < total {
+        anyhow::ensure!(
+            Instant::now() < deadline + Duration::from_secs(120),
+            "failover: the events were not handled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the last commit and the standby catch up.
+    std::thread::sleep(Duration::from_secs(2));
+
+    stop_b.request();
+    let summary_b = thread_b.join().expect("worker thread")?;
+    let stopped = Instant::now();
+    let before = handled(&events_a);
+    // One event per partition of B; A handles them once it owns them.
+    let mut b_partitions: Vec<u32> = summary_b.recoveries.iter().map(|r| r.partition).collect();
+    b_partitions.sort();
+    b_partitions.dedup();
+    let probe = (KEYS..)
+        .find(|key| {
+            let text = format!("key-{key:08}");
+            let hash = tablehost::kafka::partitioner::murmur2(text.as_bytes()) & 0x7fff_ffff;
+            b_partitions.contains(&(hash % PARTITIONS))
+        })
+        .expect("some key lands in a partition of B");
+    send(probe)?;
+    producer.flush(Duration::from_secs(30))?;
+    while handled(&events_a) <= before {
+        anyhow::ensure!(
+            stopped.elapsed() < Duration::from_secs(120),
+            "failover: no takeover"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let takeover = stopped.elapsed().as_secs_f64();
+    stop_a.request();
+    let summary_a = thread_a.join().expect("worker thread")?;
+    let replayed: u64 = summary_a
+        .recoveries
+        .iter()
+        .filter(|r| b_partitions.contains(&r.partition))
+        .map(|r| r.replayed)
+        .sum();
+    println!(
+        "failover (standby_replicas = {standbys}): {takeover:.2} s to the first event after the takeover, \
+         {replayed} changelog records replayed in the takeover, {:.2} s in recovery over the survivor's run \
+         ({} partitions taken over, {KEYS} keys)",
+        summary_a.recovery_seconds,
+        b_partitions.len()
+    );
+    Ok(())
+}
+
 fn flight_event(i: u64) -> Event {
     let origins = ["ATL", "ORD", "DFW", "LAX", "PHX", "DEN", "LAS", "SFO"];
     let origin = origins[(i % origins.len() as u64) as usize];
@@ -280,14 +447,14 @@ fn wasm_call(component: &Path, scratch: &Path) -> anyhow::Result<()> {
     let mut agent = runtime.load(&agent_config, vec![table])?;
 
     // A warm-up call instantiates the component.
-    agent.handle(&[flight_event(0)], 0)?;
+    agent.handle(&[flight_event(0)], 0, &Default::default())?;
 
     for batch_size in [1usize, 512] {
         let batches = if batch_size == 1 { 20_000 } else { 400 };
         let events: Vec<Event> = (0..batch_size as u64).map(flight_event).collect();
         let started = Instant::now();
         for _ in 0..batches {
-            agent.handle(&events, 0)?;
+            agent.handle(&events, 0, &Default::default())?;
         }
         let per_event = started.elapsed().as_secs_f64() * 1e6 / (batches * batch_size) as f64;
         println!("wasm: {per_event:.2} us per event with batches of {batch_size} (flight-delays: JSON parse, table get and set)");
@@ -319,7 +486,7 @@ fn table_write(scratch: &Path) -> anyhow::Result<()> {
         .collect();
     let started = Instant::now();
     for round in 0..100 {
-        store.apply_changelog(0, &batch, (round + 1) * 10_000)?;
+        store.apply_changelog(0, &batch, (round + 1) * 10_000, &[])?;
     }
     store.persist()?;
     let per_record = started.elapsed().as_secs_f64() * 1e9 / 1_000_000.0;

@@ -7,13 +7,41 @@
 //! recovering a source partition reads exactly one changelog partition.
 //! Each record is a key with its newest value, or a tombstone (no value)
 //! for a delete, so compaction keeps one record per live key.
+//!
+//! The last record a commit writes to a partition carries, in headers named
+//! [`POSITION_HEADER`], the source positions the partition's state reflects
+//! (`<topic>:<next offset>`). The newest record of a partition is never
+//! compacted away, so the newest positions survive, and whoever recovers
+//! the partition knows which source records its state already contains,
+//! even when the source offsets were never committed.
 
 use anyhow::bail;
 
 use crate::kafka::embedded::record_footprint;
 use crate::kafka::producer::{Acknowledged, TrackedProducer};
 use crate::kafka::Kafka;
-use crate::store::{ChangelogRecord, Partition};
+use crate::store::{ChangelogRecord, Partition, SourcePosition};
+
+/// The header that carries a source position on a changelog record.
+pub const POSITION_HEADER: &str = "tablehost-source-position";
+
+/// Reads the source positions from a changelog record's headers; headers
+/// of another name or shape are ignored.
+pub fn positions_from_headers(message: &impl rdkafka::message::Message) -> Vec<SourcePosition> {
+    use rdkafka::message::Headers;
+    let Some(headers) = message.headers() else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter(|h| h.key == POSITION_HEADER)
+        .filter_map(|h| {
+            let text = std::str::from_utf8(h.value?).ok()?;
+            let (topic, offset) = text.rsplit_once(':')?;
+            Some((topic.to_owned(), offset.parse().ok()?))
+        })
+        .collect()
+}
 
 /// Returns the changelog topic of `table` in application `app_id`.
 pub fn topic_name(app_id: &str, table: &str) -> String {
@@ -35,6 +63,7 @@ pub fn send(
     topic: &str,
     partition: Partition,
     records: &[ChangelogRecord],
+    positions: &[SourcePosition],
 ) -> anyhow::Result<()> {
     if let Some(cluster) = kafka.embedded_cluster() {
         let bytes = records
@@ -45,13 +74,23 @@ pub fn send(
             .ledger()
             .reserve(topic, partition, bytes, records.len() as u64)?;
     }
-    for record in records {
+    let headers: Vec<(String, Vec<u8>)> = positions
+        .iter()
+        .map(|(source, offset)| {
+            (
+                POSITION_HEADER.to_owned(),
+                format!("{source}:{offset}").into_bytes(),
+            )
+        })
+        .collect();
+    for (i, record) in records.iter().enumerate() {
+        let last = i + 1 == records.len();
         producer.send(
             topic,
             Some(partition as i32),
             Some(&record.key),
             record.value.as_deref(),
-            &[],
+            if last { &headers } else { &[] },
         )?;
     }
     Ok(())

@@ -48,6 +48,12 @@ pub struct Config {
     /// Recovery settings for unusual changelogs.
     #[serde(default)]
     pub recovery: RecoveryConfig,
+    /// How many partitions following each of its own a worker keeps warm
+    /// copies of, by following their changelogs, so that taking one over
+    /// replays only the tail. Default 0. Any value above 0 selects the
+    /// round-robin assignor unless `[kafka]` sets one.
+    #[serde(default)]
+    pub standby_replicas: u32,
 }
 
 /// The `[recovery]` section.
@@ -144,6 +150,67 @@ pub struct TableConfig {
     /// RocksDB tuning, used when `store = "rocksdb"`.
     #[serde(default)]
     pub rocksdb: RocksOptions,
+    /// Whether each worker holds its own partitions (`table`, the default)
+    /// or every partition (`global`).
+    #[serde(default)]
+    pub kind: TableKindConfig,
+    /// Time windows; present only for a windowed table.
+    #[serde(default)]
+    pub window: Option<WindowConfig>,
+}
+
+/// The choices of `tables[].kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKindConfig {
+    /// Partitioned like the source topic: a worker holds the partitions it
+    /// is assigned.
+    #[default]
+    Table,
+    /// Every worker holds every partition and follows the changelog, so
+    /// reads see every key. A key lives in the partition its murmur2 hash
+    /// chooses, whichever source partition wrote it.
+    Global,
+}
+
+/// The `[tables.window]` section of a windowed table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// `tumbling`, `hopping` or `sliding`.
+    #[serde(rename = "type")]
+    pub kind: WindowKind,
+    /// The length of a window in milliseconds.
+    pub size_ms: i64,
+    /// The distance between the starts of two hopping windows, in
+    /// milliseconds. Required for hopping windows and rejected otherwise.
+    #[serde(default)]
+    pub step_ms: Option<i64>,
+    /// How long after its end a window still accepts writes, in
+    /// milliseconds of stream time. Default 0.
+    #[serde(default)]
+    pub expires_ms: i64,
+    /// A top-level field of the JSON record value that holds the event
+    /// time: integer milliseconds since the Unix epoch, or a UTC time such
+    /// as `"2001-01-14 21:55:00"`, the form `tablehost load` writes Parquet
+    /// timestamps in. When absent the record timestamp is the event time.
+    #[serde(default)]
+    pub time_field: Option<String>,
+}
+
+/// The kinds of time window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WindowKind {
+    /// Windows of `size_ms` that follow one another without gaps; every
+    /// instant lies in exactly one.
+    Tumbling,
+    /// Windows of `size_ms` that start every `step_ms`; an instant lies in
+    /// `size_ms / step_ms` windows.
+    Hopping,
+    /// One window per event: the `size_ms` milliseconds that end with the
+    /// event.
+    Sliding,
 }
 
 /// The store behind a table.
@@ -311,6 +378,51 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(window) = &table.window {
+                let key = |field: &str| format!("tables[{i}].window.{field}");
+                if table.kind == TableKindConfig::Global {
+                    return Err(invalid(
+                        format!("tables[{i}].kind"),
+                        "a global table cannot have windows; remove `kind` or the [tables.window] section".into(),
+                    ));
+                }
+                if window.size_ms <= 0 {
+                    return Err(invalid(key("size_ms"), "must be at least 1".into()));
+                }
+                match (window.kind, window.step_ms) {
+                    (WindowKind::Hopping, None) => {
+                        return Err(invalid(
+                            key("step_ms"),
+                            "is required for hopping windows".into(),
+                        ))
+                    }
+                    (WindowKind::Hopping, Some(step)) if step <= 0 || step > window.size_ms => {
+                        return Err(invalid(
+                            key("step_ms"),
+                            format!(
+                                "is {step}; it must be between 1 and size_ms ({})",
+                                window.size_ms
+                            ),
+                        ))
+                    }
+                    (WindowKind::Tumbling | WindowKind::Sliding, Some(_)) => {
+                        return Err(invalid(
+                            key("step_ms"),
+                            "applies only to hopping windows; remove it".into(),
+                        ))
+                    }
+                    _ => {}
+                }
+                if window.expires_ms < 0 {
+                    return Err(invalid(key("expires_ms"), "must not be negative".into()));
+                }
+                if window.time_field.as_deref() == Some("") {
+                    return Err(invalid(
+                        key("time_field"),
+                        "is empty; name a field of the JSON value, or remove the key to use the record timestamp".into(),
+                    ));
+                }
+            }
             if table.rocksdb.write_buffer_mib == 0 {
                 return Err(invalid(
                     format!("tables[{i}].rocksdb.write_buffer_mib"),
@@ -467,6 +579,48 @@ mod tests {
         let text = valid_text().replace("app_id = \"demo\"", "app_id = \"my app\"");
         let error = parse(&text, dir.path()).unwrap_err().to_string();
         assert_eq!(error, "config app.toml: app_id: \"my app\" contains ' '; use only letters, digits, '.', '_' or '-'");
+    }
+
+    #[test]
+    fn config_window_is_parsed_and_checked() {
+        let dir = dir_with_component();
+        let windowed = format!(
+            "{}\n[tables.window]\ntype = \"hopping\"\nsize_ms = 10000\nstep_ms = 5000\ntime_field = \"ts\"\n",
+            valid_text()
+        );
+        let config = parse(&windowed, dir.path()).unwrap();
+        assert_eq!(
+            config.tables[0].window,
+            Some(WindowConfig {
+                kind: WindowKind::Hopping,
+                size_ms: 10_000,
+                step_ms: Some(5_000),
+                expires_ms: 0,
+                time_field: Some("ts".into()),
+            })
+        );
+
+        let no_step = windowed.replace("step_ms = 5000\n", "");
+        let error = parse(&no_step, dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "config app.toml: tables[0].window.step_ms: is required for hopping windows"
+        );
+        let long_step = windowed.replace("step_ms = 5000", "step_ms = 20000");
+        let error = parse(&long_step, dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "config app.toml: tables[0].window.step_ms: is 20000; it must be between 1 and size_ms (10000)"
+        );
+        let global = windowed.replace(
+            "name = \"counts\"\n",
+            "name = \"counts\"\nkind = \"global\"\n",
+        );
+        let error = parse(&global, dir.path()).unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "config app.toml: tables[0].kind: a global table cannot have windows; remove `kind` or the [tables.window] section"
+        );
     }
 
     #[test]

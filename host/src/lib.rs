@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod feed;
+pub mod follower;
 pub mod kafka;
 pub mod load;
 pub mod manager;

@@ -21,6 +21,10 @@
 //! source offset, so every event takes effect at least once and none is
 //! lost. A failed commit is fatal: the caches were drained, so the worker
 //! must stop and let the next start replay from the last commit.
+//!
+//! Global tables differ in step 2: their stores are written only by the
+//! [`Follower`], which reads every worker's records from the changelog, and
+//! the commit waits until it has applied this worker's records.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -30,12 +34,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use crate::changelog;
-use crate::config::{Config, StoreAhead, StoreKind};
+use crate::config::{Config, StoreAhead, StoreKind, TableKindConfig};
+use crate::follower::Follower;
 use crate::kafka::producer::TrackedProducer;
 use crate::kafka::{Kafka, TopicKind};
 use crate::recovery::{ChangelogReader, RecoveryReport};
-use crate::store::{ChangelogRecord, MemoryStore, Partition, RocksStore, Store};
-use crate::table::Table;
+use crate::store::{ChangelogRecord, MemoryStore, Partition, RocksStore, SourcePosition, Store};
+use crate::table::window::WindowSpec;
+use crate::table::{Table, TableKind};
 
 /// How long a commit waits for the cluster to acknowledge records.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -57,12 +63,19 @@ pub struct TableManager {
     tables: BTreeMap<String, Arc<Table>>,
     /// Source topic to the tables whose partitions follow it.
     tables_by_source: HashMap<String, Vec<Arc<Table>>>,
+    /// Plain or windowed table to the source topics its partitions follow.
+    sources_by_table: HashMap<String, Vec<String>>,
     /// State directories of the RocksDB tables, for error messages.
     table_dirs: HashMap<String, std::path::PathBuf>,
     /// The changelog consumer, created at the first recovery.
     reader: std::sync::Mutex<Option<ChangelogReader>>,
     /// The recovery action when a store is ahead of its changelog.
     store_ahead: StoreAhead,
+    /// The follower of global tables and standby partitions, created when
+    /// first needed.
+    follower: std::sync::Mutex<Option<Follower>>,
+    /// How many partitions after each owned one to keep as standbys.
+    standby_replicas: u32,
 }
 
 impl TableManager {
@@ -84,6 +97,7 @@ impl TableManager {
         let mut tables = BTreeMap::new();
         let mut tables_by_source: HashMap<String, Vec<Arc<Table>>> = HashMap::new();
         let mut table_dirs = HashMap::new();
+        let mut sources_by_table = HashMap::new();
         for table_config in &config.tables {
             let name = &table_config.name;
             if table_config.store == StoreKind::Rocksdb {
@@ -98,12 +112,12 @@ impl TableManager {
                 )?),
             };
             let changelog = config.changelog_topic(name);
-            let table = Arc::new(Table::new(name, &changelog, store));
 
             // A table partition contains the state of the same partition of
             // every source topic of its agents, so those topics must agree
             // on the partition count.
             let mut partitions: Option<(String, u32)> = None;
+            let mut sources = Vec::new();
             for agent in config.agents.iter().filter(|a| a.tables.contains(name)) {
                 for source in &agent.sources {
                     let count = source_partitions[source];
@@ -114,7 +128,29 @@ impl TableManager {
                         ),
                         _ => partitions = Some((source.clone(), count)),
                     }
-                    let entry = tables_by_source.entry(source.clone()).or_default();
+                    sources.push(source.clone());
+                }
+            }
+            let kind = match (&table_config.kind, &table_config.window) {
+                (TableKindConfig::Global, _) => TableKind::Global {
+                    partitions: partitions.as_ref().map_or(1, |(_, n)| *n),
+                },
+                (TableKindConfig::Table, Some(window)) => {
+                    TableKind::Windowed(WindowSpec::new(window))
+                }
+                (TableKindConfig::Table, None) => TableKind::Plain,
+            };
+            let global = matches!(kind, TableKind::Global { .. });
+            let table = Arc::new(Table::with_kind(name, &changelog, store, kind));
+            // A global table is not assigned with source partitions: every
+            // worker follows all of it.
+            if !global {
+                let mut table_sources = sources.clone();
+                table_sources.sort();
+                table_sources.dedup();
+                sources_by_table.insert(name.clone(), table_sources);
+                for source in sources {
+                    let entry = tables_by_source.entry(source).or_default();
                     if !entry.iter().any(|t| t.name() == name) {
                         entry.push(table.clone());
                     }
@@ -125,16 +161,207 @@ impl TableManager {
             } else {
                 tracing::warn!(table = %name, "manager.open: no agent declares this table; it is not opened for writes");
             }
-            tracing::info!(table = %name, store = ?table_config.store, changelog = %changelog, "manager.open: table opened");
+            tracing::info!(table = %name, kind = table.kind().name(), store = ?table_config.store, changelog = %changelog, "manager.open: table opened");
             tables.insert(name.clone(), table);
         }
         Ok(Self {
             tables,
             tables_by_source,
+            sources_by_table,
             table_dirs,
             reader: Default::default(),
             store_ahead: config.recovery.store_ahead,
+            follower: Default::default(),
+            standby_replicas: config.standby_replicas,
         })
+    }
+
+    /// Runs `f` with the follower, creating it first when needed.
+    fn with_follower<R>(
+        &self,
+        kafka: &Kafka,
+        f: impl FnOnce(&mut Follower) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
+        let mut follower = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+        if follower.is_none() {
+            *follower = Some(Follower::new(kafka)?);
+        }
+        f(follower.as_mut().expect("the follower was just created"))
+    }
+
+    /// Chooses the standby partitions for the source partitions this worker
+    /// now owns, starts following new ones and stops following the rest.
+    ///
+    /// Placement: a worker keeps standbys of the `standby_replicas`
+    /// partitions that follow each of its own, in partition order, that it
+    /// does not own. With the round-robin assignor, which spreads
+    /// consecutive partitions over the members in turn, those belong to
+    /// the next workers, so every partition has warm copies on other
+    /// workers while there are more workers than standbys.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the follower cannot be created or assigned.
+    pub fn update_standbys(
+        &self,
+        kafka: &Kafka,
+        owned: &std::collections::BTreeSet<(String, i32)>,
+    ) -> anyhow::Result<()> {
+        if self.standby_replicas == 0 {
+            return Ok(());
+        }
+        let mut wanted: Vec<(Arc<Table>, Partition)> = Vec::new();
+        for (topic, tables) in &self.tables_by_source {
+            let mine: Vec<i32> = owned
+                .iter()
+                .filter(|(t, _)| t == topic)
+                .map(|(_, p)| *p)
+                .collect();
+            let Some(partitions) = kafka.partition_count(topic)? else {
+                continue;
+            };
+            for table in tables {
+                for p in &mine {
+                    for step in 1..=self.standby_replicas as i32 {
+                        let standby = (p + step).rem_euclid(partitions as i32);
+                        if !mine.contains(&standby)
+                            && !wanted
+                                .iter()
+                                .any(|(t, q)| t.name() == table.name() && *q == standby as u32)
+                        {
+                            wanted.push((table.clone(), standby as u32));
+                        }
+                    }
+                }
+            }
+        }
+        self.with_follower(kafka, |follower| {
+            for (table, partition, _) in follower.positions() {
+                let global = matches!(table.kind(), TableKind::Global { .. });
+                let keep = wanted
+                    .iter()
+                    .any(|(t, p)| t.name() == table.name() && *p == partition);
+                if !global && !keep {
+                    follower.unfollow(&table, partition)?;
+                    tracing::info!(table = table.name(), partition, "manager: standby stopped");
+                }
+            }
+            for (table, partition) in &wanted {
+                if follower.is_following(table, *partition) {
+                    continue;
+                }
+                // A standby that never ran starts at the changelog's start.
+                if table.store().changelog_offset(*partition)?.is_none() {
+                    let (low, _) = kafka.watermarks(table.changelog_topic(), *partition)?;
+                    table.store().apply_changelog(*partition, &[], low, &[])?;
+                }
+                follower.follow(table, *partition)?;
+                tracing::info!(table = table.name(), partition, "manager: standby started");
+            }
+            Ok(())
+        })
+    }
+
+    fn global_tables(&self) -> impl Iterator<Item = (&Arc<Table>, u32)> {
+        self.tables.values().filter_map(|table| match table.kind() {
+            TableKind::Global { partitions } => Some((table, *partitions)),
+            _ => None,
+        })
+    }
+
+    /// Recovers every partition of every global table and starts following
+    /// their changelogs. Call once, before the first event.
+    ///
+    /// # Errors
+    ///
+    /// Fails when recovery fails or the follower cannot be created.
+    pub fn start_global(&self, kafka: &Kafka) -> anyhow::Result<Vec<RecoveryReport>> {
+        let globals: Vec<(Arc<Table>, u32)> = self
+            .global_tables()
+            .map(|(table, partitions)| (table.clone(), partitions))
+            .collect();
+        if globals.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut reports = Vec::new();
+        for (table, partitions) in globals {
+            for partition in 0..partitions {
+                reports.push(self.recover(kafka, &table, partition)?);
+                table.activate(partition);
+                self.with_follower(kafka, |follower| follower.follow(&table, partition))?;
+            }
+            tracing::info!(
+                table = table.name(),
+                partitions,
+                "manager: global table recovered; following its changelog"
+            );
+        }
+        Ok(reports)
+    }
+
+    /// Applies changelog records of global tables that have arrived since
+    /// the last call, without waiting. Returns how many were applied.
+    ///
+    /// # Errors
+    ///
+    /// Fails when reading the changelog or writing a store fails.
+    pub fn follow(&self) -> anyhow::Result<u64> {
+        match self
+            .follower
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            Some(follower) => follower.poll(Duration::ZERO),
+            None => Ok(0),
+        }
+    }
+
+    /// Waits until the global tables have applied their changelogs up to the
+    /// high watermarks of now, so a stopping worker leaves them current.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the watermarks cannot be read or the follower does not
+    /// get there within the commit timeout.
+    pub fn catch_up_global(&self, kafka: &Kafka) -> anyhow::Result<()> {
+        let mut follower = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(follower) = follower.as_mut() else {
+            return Ok(());
+        };
+        let mut targets = Vec::new();
+        for (table, partition, _) in follower.positions() {
+            if !matches!(table.kind(), TableKind::Global { .. }) {
+                continue;
+            }
+            let (_, high) = kafka.watermarks(table.changelog_topic(), partition)?;
+            targets.push((table.changelog_topic().to_owned(), partition, high));
+        }
+        follower.catch_up(&targets, FLUSH_TIMEOUT)
+    }
+
+    fn recover(
+        &self,
+        kafka: &Kafka,
+        table: &Table,
+        partition: Partition,
+    ) -> anyhow::Result<RecoveryReport> {
+        let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if reader.is_none() {
+            *reader = Some(ChangelogReader::new(kafka)?);
+        }
+        let reader = reader.as_ref().expect("the reader was just created");
+        let report = reader
+            .recover(kafka, table, partition, self.store_ahead)
+            .with_context(|| match self.table_dirs.get(table.name()) {
+                Some(dir) => format!(
+                    "recovery failed; the table's state directory is {}",
+                    dir.display()
+                ),
+                None => "recovery failed".to_owned(),
+            })?;
+        table.rebuild_windows(partition)?;
+        Ok(report)
     }
 
     /// Returns every table by name.
@@ -159,20 +386,21 @@ impl TableManager {
             if table.is_active(partition) {
                 continue;
             }
-            let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-            if reader.is_none() {
-                *reader = Some(ChangelogReader::new(kafka)?);
+            // A standby copy becomes the active one: stop following it, and
+            // let recovery replay what the standby has not applied yet.
+            let mut follower = self.follower.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(follower) = follower.as_mut() {
+                if follower.is_following(table, partition) {
+                    follower.unfollow(table, partition)?;
+                    tracing::info!(
+                        table = table.name(),
+                        partition,
+                        "manager: taking over from the standby copy"
+                    );
+                }
             }
-            let reader = reader.as_ref().expect("the reader was just created");
-            let report = reader
-                .recover(kafka, table, partition, self.store_ahead)
-                .with_context(|| match self.table_dirs.get(table.name()) {
-                    Some(dir) => format!(
-                        "recovery failed; the table's state directory is {}",
-                        dir.display()
-                    ),
-                    None => "recovery failed".to_owned(),
-                })?;
+            drop(follower);
+            let report = self.recover(kafka, table, partition)?;
             table.activate(partition);
             reports.push(report);
         }
@@ -185,7 +413,50 @@ impl TableManager {
         for table in self.tables_by_source.get(topic).into_iter().flatten() {
             table.deactivate(partition);
             table.discard_dirty(partition);
+            table.forget_windows(partition);
         }
+    }
+
+    /// Returns the source position of `topic` and `partition` that the
+    /// recovered tables of that partition record: the offset of the first
+    /// event their state does not reflect. `None` when it is unknown.
+    ///
+    /// A table records the position with each commit that writes to it.
+    /// When the partition feeds one table, that position is exact. When it
+    /// feeds several, a table without writes in recent commits records an
+    /// older position, and a crash halfway through a commit can leave one
+    /// table's changelog ahead of another's; neither case can be told apart
+    /// from the changelogs alone. The smallest position is then returned,
+    /// and `None` when some table records none, so that no table misses an
+    /// event: events may be handled twice, as without positions.
+    ///
+    /// # Errors
+    ///
+    /// Fails when a store cannot be read.
+    pub fn source_position(
+        &self,
+        topic: &str,
+        partition: Partition,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut oldest: Option<i64> = None;
+        for table in self.tables_of_source(topic) {
+            let position = table
+                .store()
+                .source_positions(partition)?
+                .into_iter()
+                .find(|(source, _)| source == topic)
+                .map(|(_, next)| next);
+            let Some(next) = position else {
+                return Ok(None);
+            };
+            oldest = Some(oldest.map_or(next, |o| o.min(next)));
+        }
+        Ok(oldest)
+    }
+
+    /// Returns the tables whose partitions follow source topic `topic`.
+    pub fn tables_of_source(&self, topic: &str) -> &[Arc<Table>] {
+        self.tables_by_source.get(topic).map_or(&[], Vec::as_slice)
     }
 
     /// Runs steps 1 and 2 of the commit (see the module docs); the caller
@@ -196,21 +467,48 @@ impl TableManager {
     /// Fails when a record is not acknowledged, a store write fails, or the
     /// embedded cluster would drop changelog records. The worker must stop
     /// without committing source offsets then.
-    pub fn flush(&self, kafka: &Kafka, producer: &TrackedProducer) -> anyhow::Result<CommitStats> {
+    ///
+    /// `positions` holds the next source offset to handle per source topic
+    /// and partition. The changelog records and the stores of plain and
+    /// windowed tables record them, so whoever recovers a partition knows
+    /// which events its state already reflects (see
+    /// [`TableManager::source_position`]).
+    pub fn flush(
+        &self,
+        kafka: &Kafka,
+        producer: &TrackedProducer,
+        positions: &BTreeMap<(String, i32), i64>,
+    ) -> anyhow::Result<CommitStats> {
         let started = Instant::now();
         let mut stats = CommitStats::default();
-        let mut pending: Vec<(&Arc<Table>, Partition, Vec<ChangelogRecord>)> = Vec::new();
+        let mut pending: Vec<(
+            &Arc<Table>,
+            Partition,
+            Vec<ChangelogRecord>,
+            Vec<SourcePosition>,
+        )> = Vec::new();
         for table in self.tables.values() {
             for (partition, records) in table.take_dirty() {
+                let table_positions: Vec<SourcePosition> = self
+                    .sources_by_table
+                    .get(table.name())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|topic| {
+                        let next = positions.get(&(topic.clone(), partition as i32))?;
+                        Some((topic.clone(), *next))
+                    })
+                    .collect();
                 changelog::send(
                     kafka,
                     producer,
                     table.changelog_topic(),
                     partition,
                     &records,
+                    &table_positions,
                 )?;
                 stats.changelog_records += records.len() as u64;
-                pending.push((table, partition, records));
+                pending.push((table, partition, records, table_positions));
             }
         }
 
@@ -218,9 +516,25 @@ impl TableManager {
             .flush(FLUSH_TIMEOUT)
             .context("commit: records were not acknowledged")?;
 
-        for (table, partition, records) in &pending {
+        let mut global_targets = Vec::new();
+        for (table, partition, records, positions) in &pending {
             let next = changelog::next_offset(&acknowledged, table.changelog_topic(), *partition)?;
-            table.store().apply_changelog(*partition, records, next)?;
+            if matches!(table.kind(), TableKind::Global { .. }) {
+                global_targets.push((table.changelog_topic().to_owned(), *partition, next));
+            } else {
+                table
+                    .store()
+                    .apply_changelog(*partition, records, next, positions)?;
+            }
+        }
+        if !global_targets.is_empty() {
+            self.follower
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .context("commit: global tables are written but not followed")?
+                .catch_up(&global_targets, FLUSH_TIMEOUT)
+                .context("commit: global tables did not receive this worker's records")?;
         }
         for table in self.tables.values() {
             table.store().persist()?;
@@ -313,7 +627,10 @@ mod tests {
         for i in 0..40_000 {
             table.put(0, format!("key-{i:08}").into_bytes(), Some(vec![b'v'; 100]));
         }
-        let error = manager.flush(&kafka, &producer).unwrap_err().to_string();
+        let error = manager
+            .flush(&kafka, &producer, &BTreeMap::new())
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with("embedded cluster: topic app-t-changelog partition 0 would hold "),
             "{error}"

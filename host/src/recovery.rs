@@ -22,9 +22,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::changelog;
 use crate::config::StoreAhead;
 use crate::kafka::Kafka;
-use crate::store::{ChangelogRecord, Partition};
+use crate::store::{ChangelogRecord, Partition, SourcePosition};
 use crate::table::Table;
 
 /// Records applied to the store in one write batch.
@@ -116,18 +117,12 @@ impl ChangelogReader {
         let topic = table.changelog_topic();
         let store = table.store();
         let (low, high) = kafka.watermarks(topic, partition)?;
-        if kafka.embedded_cluster().is_some() && low > 0 {
-            bail!(
-                "recovery: changelog {topic} partition {partition} starts at offset {low}, so the \
-                 embedded cluster has dropped older records and the table cannot be rebuilt; run \
-                 against a real broker"
-            );
-        }
 
         let persisted = store.changelog_offset(partition)?;
-        let start = match persisted {
-            None => low,
-            Some(offset) if offset < low => {
+        let embedded = kafka.embedded_cluster().is_some();
+        let start = match start_offset(persisted, low, high, store_ahead, embedded) {
+            Start::At(offset) => offset,
+            Start::BelowLow(offset) => {
                 tracing::warn!(
                     table = table.name(),
                     partition,
@@ -138,40 +133,39 @@ impl ChangelogReader {
                 );
                 low
             }
-            Some(offset) if offset > high && store_ahead == StoreAhead::Rebuild => {
+            Start::Rebuild(offset) => {
+                let reason = if embedded && store_ahead == StoreAhead::Fail {
+                    // The embedded cluster starts empty in every process, so
+                    // state left by an earlier process belongs to topics
+                    // that are gone.
+                    "the embedded cluster starts empty, so the state belongs to an earlier process"
+                } else {
+                    "recovery.store_ahead = \"rebuild\" asks to rebuild"
+                };
                 tracing::warn!(
                     table = table.name(),
                     partition,
                     persisted = offset,
                     high,
+                    reason,
                     "recovery: the store is ahead of the changelog; dropping its state and \
-                     replaying the changelog, as recovery.store_ahead = \"rebuild\" asks"
+                     replaying the changelog"
                 );
                 store.drop_partition(partition)?;
                 low
             }
-            Some(offset) if offset > high && kafka.embedded_cluster().is_some() => {
-                // The embedded cluster starts empty in every process, so state
-                // left by an earlier process belongs to topics that are gone.
-                tracing::warn!(
-                    table = table.name(),
-                    partition,
-                    persisted = offset,
-                    high,
-                    "recovery: discarding table state of an earlier process, because the embedded \
-                     cluster starts empty"
-                );
-                store.drop_partition(partition)?;
-                low
-            }
-            Some(offset) if offset > high => bail!(
+            Start::Lost => bail!(
+                "recovery: changelog {topic} partition {partition} starts at offset {low}, so the \
+                 embedded cluster has dropped older records and the table cannot be rebuilt; run \
+                 against a real broker"
+            ),
+            Start::Ahead(offset) => bail!(
                 "table {} partition {partition} has applied the changelog up to offset {offset}, but \
                  changelog {topic} ends at offset {high}, so the topic was deleted and recreated or \
                  belongs to another cluster. Delete the table's state directory, or set \
                  recovery.store_ahead = \"rebuild\", to rebuild the table from the changelog",
                 table.name()
             ),
-            Some(offset) => offset,
         };
         let mut report = RecoveryReport {
             table: table.name().to_owned(),
@@ -182,7 +176,7 @@ impl ChangelogReader {
         };
         if start >= high {
             if persisted.is_none() {
-                store.apply_changelog(partition, &[], high)?;
+                store.apply_changelog(partition, &[], high, &[])?;
             }
             return Ok(report);
         }
@@ -218,6 +212,8 @@ impl ChangelogReader {
             .with_context(|| format!("recovery: failed to assign {topic}/{partition}"))?;
 
         let mut chunk: Vec<ChangelogRecord> = Vec::with_capacity(CHUNK);
+        // The newest source positions seen in the chunk, applied with it.
+        let mut positions: Vec<SourcePosition> = Vec::new();
         let mut next_offset = start;
         let mut last_progress = Instant::now();
         let mut last_log = Instant::now();
@@ -233,11 +229,13 @@ impl ChangelogReader {
                         key: message.key().unwrap_or_default().to_vec(),
                         value: message.payload().map(<[u8]>::to_vec),
                     });
+                    merge_positions(&mut positions, changelog::positions_from_headers(&message));
                     next_offset = message.offset() + 1;
                     if chunk.len() >= CHUNK {
-                        store.apply_changelog(partition, &chunk, next_offset)?;
+                        store.apply_changelog(partition, &chunk, next_offset, &positions)?;
                         report.replayed += chunk.len() as u64;
                         chunk.clear();
+                        positions.clear();
                         bar.set_position((next_offset - start) as u64);
                     }
                     if next_offset >= high {
@@ -278,7 +276,7 @@ impl ChangelogReader {
         report.replayed += chunk.len() as u64;
         // Offsets up to the high watermark are consumed even when the last ones
         // were transaction markers that never arrive as records.
-        store.apply_changelog(partition, &chunk, high.max(next_offset))?;
+        store.apply_changelog(partition, &chunk, high.max(next_offset), &positions)?;
         tracing::info!(
             table = table.name(),
             partition,
@@ -287,6 +285,66 @@ impl ChangelogReader {
             "recovery: partition recovered"
         );
         Ok(report)
+    }
+}
+
+/// Where recovery of one partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this offset.
+    At(i64),
+    /// At the low watermark, because the persisted offset (the payload) is
+    /// below it: the records in between were compacted or deleted.
+    BelowLow(i64),
+    /// At the low watermark after dropping the state, whose persisted
+    /// offset (the payload) lies past the changelog's end.
+    Rebuild(i64),
+    /// Nowhere: the store is ahead of the changelog (persisted offset in
+    /// the payload) and the config asks to fail.
+    Ahead(i64),
+    /// Nowhere: the embedded cluster dropped records the store needs.
+    Lost,
+}
+
+/// Decides where recovery starts, given the store's persisted offset and
+/// the changelog partition's watermarks.
+///
+/// On a real broker a low watermark above the persisted offset means
+/// compaction or retention removed the head, and replay starts at the low
+/// watermark. The embedded cluster drops records only when it runs out of
+/// room, which loses data, so there it is an error. The embedded cluster
+/// also starts empty in every process, so a store ahead of it is always
+/// rebuilt.
+pub fn start_offset(
+    persisted: Option<i64>,
+    low: i64,
+    high: i64,
+    store_ahead: StoreAhead,
+    embedded: bool,
+) -> Start {
+    match persisted {
+        Some(offset) if offset > high => {
+            if store_ahead == StoreAhead::Rebuild || embedded {
+                Start::Rebuild(offset)
+            } else {
+                Start::Ahead(offset)
+            }
+        }
+        None if embedded && low > 0 => Start::Lost,
+        Some(offset) if offset < low && embedded => Start::Lost,
+        None => Start::At(low),
+        Some(offset) if offset < low => Start::BelowLow(offset),
+        Some(offset) => Start::At(offset),
+    }
+}
+
+/// Replaces the positions in `into` with newer ones of the same topic.
+pub(crate) fn merge_positions(into: &mut Vec<SourcePosition>, newer: Vec<SourcePosition>) {
+    for (topic, offset) in newer {
+        match into.iter_mut().find(|(t, _)| *t == topic) {
+            Some(entry) => entry.1 = offset,
+            None => into.push((topic, offset)),
+        }
     }
 }
 
@@ -312,6 +370,40 @@ mod tests {
         }
         producer.flush(Duration::from_secs(30)).unwrap();
         Table::new("t", "app-t-changelog", Arc::new(MemoryStore::new()))
+    }
+
+    #[test]
+    fn recovery_start_covers_every_changelog_shape() {
+        use StoreAhead::{Fail, Rebuild};
+        // An empty partition, and one never written to this store.
+        assert_eq!(start_offset(None, 0, 0, Fail, false), Start::At(0));
+        assert_eq!(start_offset(None, 0, 0, Fail, true), Start::At(0));
+        // A compacted or retention-deleted head on a real broker.
+        assert_eq!(start_offset(None, 40, 90, Fail, false), Start::At(40));
+        assert_eq!(
+            start_offset(Some(10), 40, 90, Fail, false),
+            Start::BelowLow(10)
+        );
+        assert_eq!(start_offset(Some(50), 40, 90, Fail, false), Start::At(50));
+        // The embedded cluster dropped records the store still needs.
+        assert_eq!(start_offset(None, 40, 90, Fail, true), Start::Lost);
+        assert_eq!(start_offset(Some(10), 40, 90, Fail, true), Start::Lost);
+        assert_eq!(start_offset(Some(50), 40, 90, Fail, true), Start::At(50));
+        // A store ahead of the changelog: the topic was recreated.
+        assert_eq!(
+            start_offset(Some(120), 0, 90, Fail, false),
+            Start::Ahead(120)
+        );
+        assert_eq!(
+            start_offset(Some(120), 0, 90, Rebuild, false),
+            Start::Rebuild(120)
+        );
+        assert_eq!(
+            start_offset(Some(120), 0, 90, Fail, true),
+            Start::Rebuild(120)
+        );
+        // A store exactly at the end replays nothing.
+        assert_eq!(start_offset(Some(90), 0, 90, Fail, false), Start::At(90));
     }
 
     #[test]
@@ -350,7 +442,7 @@ mod tests {
             key: b"old".to_vec(),
             value: Some(b"x".to_vec()),
         }];
-        table.store().apply_changelog(0, &stale, 10).unwrap();
+        table.store().apply_changelog(0, &stale, 10, &[]).unwrap();
         let report = recover_partition(&kafka, &table, 0).unwrap();
         assert_eq!(report.from_offset, 0);
         assert_eq!(report.replayed, 1);

@@ -21,11 +21,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::agent::{Agent, AgentRuntime, BatchOutcome, Event, Header};
+use crate::agent::{Agent, AgentRuntime, BatchOutcome, BatchTimes, Event, Header, TableTimes};
 use crate::config::Config;
 use crate::kafka::embedded::{record_footprint, EARLY_COMMIT_BYTES, EARLY_COMMIT_RECORDS};
 use crate::kafka::partitioner::partition_for_key;
@@ -33,6 +34,8 @@ use crate::kafka::producer::{OutHeader, TrackedProducer};
 use crate::kafka::{Kafka, TopicKind};
 use crate::manager::TableManager;
 use crate::recovery::RecoveryReport;
+use crate::store::Partition;
+use crate::table::Table;
 
 /// A stop request for a running worker.
 #[derive(Debug, Default)]
@@ -97,6 +100,8 @@ pub struct RunSummary {
     pub commits: u64,
     /// Changelog records written.
     pub changelog_records: u64,
+    /// Windows of windowed tables that closed.
+    pub windows_closed: u64,
     /// One report per recovered table partition.
     pub recoveries: Vec<RecoveryReport>,
     /// Seconds spent in recovery.
@@ -143,69 +148,156 @@ fn lock(processor: &Mutex<Processor>) -> MutexGuard<'_, Processor> {
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
-    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(partitions) = rebalance {
-            let mut processor = lock(&self.processor);
-            if processor.aborting {
-                return;
+    // The default implementation calls `pre_rebalance`, assigns the
+    // partitions as they are and calls `post_rebalance`. This one recovers
+    // new partitions first and may start them at a later offset than the
+    // group's, so it does the assignment itself.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.assign(consumer, partitions);
+                if cooperative {
+                    consumer.incremental_assign(partitions).map(|_| ())
+                } else {
+                    consumer.assign(partitions)
+                }
             }
-            tracing::info!(
-                partitions = partitions.count(),
-                "worker.rebalance: partitions revoked; committing them"
-            );
-            if let Err(error) = processor.commit(consumer) {
-                // The source offsets stay at the last successful commit, so
-                // the new owner handles the uncommitted events again. This
-                // worker's write caches are drained, so it must stop.
-                let message = format!("{error:#}");
-                tracing::error!(error = %message, "worker.rebalance: commit before revocation failed; stopping");
-                processor.rebalance_failure =
-                    Some(format!("commit before revocation failed: {message}"));
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(consumer, partitions);
+                if cooperative {
+                    consumer.incremental_unassign(partitions).map(|_| ())
+                } else {
+                    consumer.unassign()
+                }
             }
-            for element in partitions.elements() {
-                let key = (element.topic().to_owned(), element.partition());
-                processor.manager.release(&key.0, key.1 as u32);
-                processor.positions.remove(&key);
-                processor.assigned.remove(&key);
+            other => {
+                tracing::error!(error = ?other, "worker.rebalance: rebalance failed");
+                Ok(())
             }
+        };
+        if let Err(error) = result {
+            let message = format!("failed to apply the assignment: {error}");
+            tracing::error!(error = %message, "worker.rebalance: stopping");
+            lock(&self.processor).rebalance_failure = Some(message);
         }
     }
+}
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(partitions) => {
-                tracing::info!(
-                    partitions = partitions.count(),
-                    "worker.rebalance: partitions assigned"
-                );
-                // Recovering here, inside `poll`, means no record of a new
-                // partition reaches the application before its tables are
-                // recovered. Pausing the partitions and recovering after
-                // `poll` returned instead raced with the assignment in
-                // librdkafka and could leave a partition paused for good.
-                let mut processor = lock(&self.processor);
-                let started = Instant::now();
-                for element in partitions.elements() {
-                    let key = (element.topic().to_owned(), element.partition());
-                    match processor
-                        .manager
-                        .assign(&processor.kafka, &key.0, key.1 as u32)
-                    {
-                        Ok(reports) => processor.summary.recoveries.extend(reports),
-                        Err(error) => {
-                            let message = format!("{error:#}");
-                            tracing::error!(topic = %key.0, partition = key.1, error = %message, "worker.rebalance: recovery failed; stopping");
-                            processor.rebalance_failure = Some(message);
-                            break;
-                        }
+impl WorkerContext {
+    /// Commits and releases revoked partitions.
+    fn revoke(&self, consumer: &BaseConsumer<Self>, partitions: &TopicPartitionList) {
+        let mut processor = lock(&self.processor);
+        if processor.aborting {
+            return;
+        }
+        tracing::info!(
+            partitions = partitions.count(),
+            "worker.rebalance: partitions revoked; committing them"
+        );
+        if let Err(error) = processor.commit(consumer) {
+            // The write caches are drained, so this worker must stop; the
+            // next owner handles the uncommitted events again.
+            let message = format!("{error:#}");
+            tracing::error!(error = %message, "worker.rebalance: commit before revocation failed; stopping");
+            processor.rebalance_failure =
+                Some(format!("commit before revocation failed: {message}"));
+        }
+        for element in partitions.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            processor.manager.release(&key.0, key.1 as u32);
+            processor.positions.remove(&key);
+            processor.assigned.remove(&key);
+        }
+        processor.refresh_standbys();
+    }
+
+    /// Recovers newly assigned partitions and sets the offset each starts
+    /// at when its tables already reflect events past the group's
+    /// committed offset.
+    ///
+    /// Recovering here, before the assignment takes effect, means no record
+    /// of a new partition reaches the application before its tables are
+    /// current. Pausing the partitions and recovering after `poll` returned
+    /// instead raced with the assignment in librdkafka and could leave a
+    /// partition paused for good.
+    fn assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
+        tracing::info!(
+            partitions = partitions.count(),
+            "worker.rebalance: partitions assigned"
+        );
+        let mut processor = lock(&self.processor);
+        let started = Instant::now();
+        let mut resume: Vec<(String, i32, i64)> = Vec::new();
+        for element in partitions.elements() {
+            let key = (element.topic().to_owned(), element.partition());
+            let recovered = processor
+                .manager
+                .assign(&processor.kafka, &key.0, key.1 as u32)
+                .and_then(|reports| {
+                    let position = processor.manager.source_position(&key.0, key.1 as u32)?;
+                    Ok((reports, position))
+                });
+            match recovered {
+                Ok((reports, position)) => {
+                    processor.summary.recoveries.extend(reports);
+                    if let Some(position) = position {
+                        resume.push((key.0.clone(), key.1, position));
                     }
-                    processor.assigned.insert(key);
                 }
-                processor.summary.recovery_seconds += started.elapsed().as_secs_f64();
+                Err(error) => {
+                    let message = format!("{error:#}");
+                    tracing::error!(topic = %key.0, partition = key.1, error = %message, "worker.rebalance: recovery failed; stopping");
+                    processor.rebalance_failure = Some(message);
+                    break;
+                }
             }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(error) => {
-                tracing::error!(%error, "worker.rebalance: rebalance failed")
+            processor.assigned.insert(key);
+        }
+        processor.summary.recovery_seconds += started.elapsed().as_secs_f64();
+        processor.refresh_standbys();
+        drop(processor);
+
+        if resume.is_empty() {
+            return;
+        }
+        let mut asked = TopicPartitionList::new();
+        for (topic, partition, _) in &resume {
+            asked.add_partition(topic, *partition);
+        }
+        let committed = match consumer.committed_offsets(asked, Duration::from_secs(30)) {
+            Ok(committed) => committed,
+            Err(error) => {
+                let message =
+                    format!("failed to read the committed offsets of new partitions: {error}");
+                tracing::error!(error = %message, "worker.rebalance: stopping");
+                lock(&self.processor).rebalance_failure = Some(message);
+                return;
+            }
+        };
+        for (topic, partition, position) in resume {
+            let committed_next = match committed
+                .find_partition(&topic, partition)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(next)) => next,
+                _ => 0,
+            };
+            if position > committed_next {
+                tracing::info!(topic = %topic, partition, committed = committed_next, position, "worker.rebalance: the tables already reflect events past the committed offset; starting after them");
+                if let Err(error) =
+                    partitions.set_partition_offset(&topic, partition, Offset::Offset(position))
+                {
+                    tracing::error!(%error, "worker.rebalance: failed to set the start offset");
+                }
             }
         }
     }
@@ -274,6 +366,10 @@ pub fn run(
         agents.push(agent);
     }
 
+    let global_started = Instant::now();
+    let global_recoveries = manager.start_global(&kafka)?;
+    let global_seconds = global_started.elapsed().as_secs_f64();
+
     let processor = Arc::new(Mutex::new(Processor {
         producer: TrackedProducer::new(&kafka)?,
         kafka: kafka.clone(),
@@ -284,13 +380,22 @@ pub fn run(
         positions: BTreeMap::new(),
         consumed: HashMap::new(),
         assigned: Default::default(),
-        summary: RunSummary::default(),
+        summary: RunSummary {
+            recoveries: global_recoveries,
+            recovery_seconds: global_seconds,
+            ..Default::default()
+        },
         aborting: false,
         rebalance_failure: None,
         app_id: config.app_id.clone(),
     }));
 
     let mut consumer_config = kafka.client_config();
+    if config.standby_replicas > 0 && !config.kafka.contains_key("partition.assignment.strategy") {
+        // Standby placement relies on consecutive partitions going to
+        // different members; see `TableManager::update_standbys`.
+        consumer_config.set("partition.assignment.strategy", "roundrobin");
+    }
     if kafka.embedded_cluster().is_some() && !config.kafka.contains_key("session.timeout.ms") {
         // The embedded cluster keeps a member that left in the group until
         // its session times out, so with the default of 45 s a restarted
@@ -341,7 +446,12 @@ pub fn run(
         lock(&processor).aborting = true;
         result
     } else {
-        lock(&processor).commit(&consumer)
+        let processor = &mut *lock(&processor);
+        processor.commit(&consumer).and_then(|()| {
+            // Records other workers committed last reach this worker's
+            // copies of the global tables before it stops.
+            processor.manager.catch_up_global(&processor.kafka)
+        })
     };
     // Closing the consumer revokes its partitions, which commits once more
     // unless the run is aborting; that commit finds nothing new.
@@ -400,6 +510,7 @@ fn run_loop(
         }
 
         let mut processor_guard = lock(processor);
+        processor_guard.manager.follow()?;
         if last_commit.elapsed() >= commit_interval || processor_guard.embedded_backlog_full() {
             processor_guard.commit(consumer)?;
             last_commit = Instant::now();
@@ -546,11 +657,13 @@ impl Processor {
                 .get(&topic)
                 .cloned()
                 .unwrap_or_default();
-            for index in agent_indexes {
-                let outcome = self.agents[index].handle(&events, partition as u32)?;
+            let times = Arc::new(self.batch_times(&topic, partition as u32, &events));
+            for &index in &agent_indexes {
+                let outcome = self.agents[index].handle(&events, partition as u32, &times)?;
                 let agent_name = self.agents[index].name().to_owned();
                 self.emit(&agent_name, outcome)?;
             }
+            self.close_windows(&topic, partition as u32, &times, &agent_indexes)?;
             let key = (topic, partition);
             let last = events
                 .last()
@@ -561,6 +674,86 @@ impl Processor {
             consumed.0 += events.iter().map(event_footprint).sum::<u64>();
             consumed.1 += events.len() as u64;
             self.summary.events += events.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Follows the standby partitions that go with the current assignment.
+    /// A failure only costs warm copies, so it is logged, not fatal.
+    fn refresh_standbys(&mut self) {
+        if let Err(error) = self.manager.update_standbys(&self.kafka, &self.assigned) {
+            tracing::warn!(error = %format!("{error:#}"), "worker.rebalance: failed to update standby partitions; failover will replay more");
+        }
+    }
+
+    /// Computes the event times of `events` for each windowed table that
+    /// follows `topic`, with the stream time after each event.
+    fn batch_times(&self, topic: &str, partition: Partition, events: &[Event]) -> BatchTimes {
+        let mut batch = BatchTimes {
+            offsets: events.iter().map(|e| e.offset).collect(),
+            tables: HashMap::new(),
+        };
+        for table in self.manager.tables_of_source(topic) {
+            let Some(spec) = table.window_spec() else {
+                continue;
+            };
+            let mut stream_time = table.stream_time(partition);
+            let mut times = TableTimes::default();
+            for event in events {
+                let time = spec.event_time(event.timestamp_ms, event.value.as_deref());
+                if let Ok(time) = time {
+                    stream_time = Some(stream_time.map_or(time, |now| now.max(time)));
+                }
+                times.times.push(time);
+                times.stream.push(stream_time);
+            }
+            batch.tables.insert(table.name().to_owned(), times);
+        }
+        batch
+    }
+
+    /// Moves the stream time of the windowed tables that follow `topic` to
+    /// the end of the batch, and closes the windows that are now behind it:
+    /// each agent of `agent_indexes` that declares the table and exports the
+    /// close handler is called once per window, then the window is deleted.
+    fn close_windows(
+        &mut self,
+        topic: &str,
+        partition: Partition,
+        times: &BatchTimes,
+        agent_indexes: &[usize],
+    ) -> anyhow::Result<()> {
+        let tables: Vec<Arc<Table>> = self.manager.tables_of_source(topic).to_vec();
+        for table in tables {
+            let Some(stream_time) = times
+                .tables
+                .get(table.name())
+                .and_then(|t| t.stream.last().copied().flatten())
+            else {
+                continue;
+            };
+            table.advance_stream_time(partition, stream_time);
+            let closed = table.take_closed(partition)?;
+            if closed.is_empty() {
+                continue;
+            }
+            tracing::debug!(
+                table = table.name(),
+                partition,
+                windows = closed.len(),
+                stream_time,
+                "worker: windows closed"
+            );
+            self.summary.windows_closed += closed.len() as u64;
+            for &index in agent_indexes {
+                let agent = &mut self.agents[index];
+                if !agent.declares(table.name()) || !agent.handles_window_close() {
+                    continue;
+                }
+                let outcome = agent.close_windows(table.name(), partition, &closed)?;
+                let agent_name = agent.name().to_owned();
+                self.emit(&agent_name, outcome)?;
+            }
         }
         Ok(())
     }
@@ -668,7 +861,9 @@ impl Processor {
         if self.consumed.is_empty() && self.manager.tables().values().all(|t| t.dirty_len() == 0) {
             return Ok(());
         }
-        let stats = self.manager.flush(&self.kafka, &self.producer)?;
+        let stats = self
+            .manager
+            .flush(&self.kafka, &self.producer, &self.positions)?;
         self.summary.changelog_records += stats.changelog_records;
 
         if !self.positions.is_empty() {
@@ -676,9 +871,13 @@ impl Processor {
             for ((topic, partition), next) in &self.positions {
                 offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             }
-            consumer
-                .commit(&offsets, CommitMode::Sync)
-                .context("commit: failed to commit source offsets")?;
+            // The changelogs already record these positions, so a refused
+            // commit loses nothing: the next commit, or the next owner of
+            // the partition, catches up. A group in a rebalance refuses
+            // commits, for one.
+            if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+                tracing::warn!(%error, "commit: the group refused the source offsets; the changelogs keep the positions and the next commit retries");
+            }
         }
         if let Some(cluster) = self.kafka.embedded_cluster() {
             for ((topic, partition), (bytes, records)) in self.consumed.drain() {

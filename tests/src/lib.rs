@@ -95,12 +95,102 @@ impl Harness {
 
     /// Parses `body` as a config whose `state_dir` is this harness's.
     pub fn config(&self, body: &str) -> Config {
+        self.worker_config("state", body)
+    }
+
+    /// Parses `body` as a config whose `state_dir` is `name` in this
+    /// harness's directory, for one of several workers of an application.
+    pub fn worker_config(&self, name: &str, body: &str) -> Config {
         let text = format!(
             "state_dir = {:?}\n{body}",
-            self.dir.path().join("state").display().to_string()
+            self.dir.path().join(name).display().to_string()
         );
         Config::parse(&text, std::path::Path::new("test.toml"), self.dir.path())
             .expect("test config is valid")
+    }
+
+    /// Starts a worker on its own thread that runs until stopped with
+    /// [`Worker::stop`].
+    pub fn start_worker(&self, config: &Config) -> Worker {
+        let shutdown = Arc::new(Shutdown::default());
+        let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let thread = {
+            let (config, kafka, shutdown) = (config.clone(), self.kafka.clone(), shutdown.clone());
+            let options = RunOptions {
+                events_handled: Some(events.clone()),
+                ..Default::default()
+            };
+            std::thread::spawn(move || run(&config, kafka, shutdown, options))
+        };
+        Worker {
+            shutdown,
+            events,
+            thread,
+        }
+    }
+
+    /// Returns the offsets group `group` has committed for each partition
+    /// of `topic`; a partition without a commit is 0.
+    pub fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
+        let partitions = self
+            .kafka
+            .partition_count(topic)
+            .expect("metadata")
+            .expect("topic exists");
+        let consumer: BaseConsumer = self
+            .kafka
+            .client_config()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition(topic, partition as i32);
+        }
+        let committed = consumer
+            .committed_offsets(list, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..partitions)
+            .map(|p| {
+                match committed
+                    .find_partition(topic, p as i32)
+                    .map(|e| e.offset())
+                {
+                    Some(Offset::Offset(next)) => next,
+                    _ => 0,
+                }
+            })
+            .collect()
+    }
+
+    /// Waits until group `group` has committed every partition of `topic`
+    /// up to its high watermark.
+    ///
+    /// # Panics
+    ///
+    /// Panics when that takes longer than [`RUN_TIMEOUT`].
+    pub fn wait_committed_to_end(&self, group: &str, topic: &str) {
+        let partitions = self
+            .kafka
+            .partition_count(topic)
+            .expect("metadata")
+            .expect("topic exists");
+        let ends: Vec<i64> = (0..partitions)
+            .map(|p| self.kafka.watermarks(topic, p).expect("watermarks").1)
+            .collect();
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        loop {
+            let committed = self.committed(group, topic);
+            if committed == ends {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {group} committed {committed:?} of {topic}, not {ends:?}, within {RUN_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// Creates `topic` with `partitions` partitions.
@@ -239,6 +329,38 @@ impl Harness {
             }
         }
         out
+    }
+}
+
+/// A worker running on its own thread.
+pub struct Worker {
+    shutdown: Arc<Shutdown>,
+    events: Arc<std::sync::atomic::AtomicU64>,
+    thread: std::thread::JoinHandle<anyhow::Result<RunSummary>>,
+}
+
+impl Worker {
+    /// Returns how many events the worker has handled so far.
+    pub fn events(&self) -> u64 {
+        self.events.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Returns whether the worker's run has ended, as after an error.
+    pub fn has_stopped(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Asks the worker to commit and stop, and returns its summary.
+    ///
+    /// # Panics
+    ///
+    /// Panics when the run failed.
+    pub fn stop(self) -> RunSummary {
+        self.shutdown.request();
+        self.thread
+            .join()
+            .expect("worker thread")
+            .expect("run succeeds")
     }
 }
 

@@ -107,7 +107,7 @@ fn store_ahead_of_changelog() {
     {
         let dir = tablehost::manager::table_dir(&failing.state_dir(), "counts");
         let store = RocksStore::open("counts", &dir, &Default::default()).unwrap();
-        store.apply_changelog(0, &[], 10).unwrap();
+        store.apply_changelog(0, &[], 10, &[]).unwrap();
         store.persist().unwrap();
     }
     let error = tablehost::worker::run(

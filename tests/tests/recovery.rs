@@ -266,3 +266,73 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Fills a one-partition changelog until the embedded cluster drops its
+/// oldest records, and returns the table over an empty memory store with
+/// the partition's watermarks.
+fn changelog_with_dropped_head(harness: &Harness) -> (tablehost::table::Table, i64, i64) {
+    use tablehost::kafka::producer::TrackedProducer;
+    use tablehost::kafka::TopicKind;
+    harness
+        .kafka
+        .ensure_topic("head-t-changelog", 1, TopicKind::Changelog)
+        .unwrap();
+    let producer = TrackedProducer::new(&harness.kafka).unwrap();
+    let value = vec![b'v'; 100];
+    for i in 0..80_000 {
+        let key = format!("key-{i:06}");
+        producer
+            .send(
+                "head-t-changelog",
+                Some(0),
+                Some(key.as_bytes()),
+                Some(&value),
+                &[],
+            )
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+    let (low, high) = harness.kafka.watermarks("head-t-changelog", 0).unwrap();
+    assert_eq!(high, 80_000);
+    assert!(low > 0, "the embedded cluster kept the whole changelog");
+    let store = Arc::new(tablehost::store::MemoryStore::new());
+    let table = tablehost::table::Table::new("t", "head-t-changelog", store);
+    (table, low, high)
+}
+
+/// A changelog whose low watermark is above zero: a store that has applied
+/// records past the low watermark replays exactly the rest, and a store
+/// that needs the dropped head gets an error that names the offset.
+#[test]
+fn recovery_with_low_watermark_above_zero() {
+    use tablehost::recovery::recover_partition;
+    let harness = Harness::new();
+    let (table, low, high) = changelog_with_dropped_head(&harness);
+
+    let error = recover_partition(&harness.kafka, &table, 0)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "recovery: changelog head-t-changelog partition 0 starts at offset {low}, so the \
+             embedded cluster has dropped older records and the table cannot be rebuilt; run \
+             against a real broker"
+        )
+    );
+
+    let persisted = low + 100;
+    table
+        .store()
+        .apply_changelog(0, &[], persisted, &[])
+        .unwrap();
+    let report = recover_partition(&harness.kafka, &table, 0).unwrap();
+    assert_eq!(report.from_offset, persisted);
+    assert_eq!(report.to_offset, high);
+    assert_eq!(report.replayed as i64, high - persisted);
+    let keys = table.store().iter(0).unwrap().count() as i64;
+    assert_eq!(keys, high - persisted);
+    let first = format!("key-{persisted:06}");
+    assert!(table.store().get(0, first.as_bytes()).unwrap().is_some());
+    assert_eq!(table.store().changelog_offset(0).unwrap(), Some(high));
+}

@@ -22,12 +22,47 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::tablehost::agent::{log, output, tables, types};
 use crate::config::Limits;
 use crate::store::Partition;
+use crate::table::window::{Window, WindowSpec};
 use crate::table::Table;
 
 /// A guest's open table: an index into the agent's declared tables.
 #[derive(Debug, Clone, Copy)]
 pub struct TableHandle {
     index: usize,
+}
+
+/// A guest's open windowed table: an index into the agent's declared
+/// tables.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowedTableHandle {
+    index: usize,
+}
+
+/// The event times of one batch for each windowed table of its source
+/// partition, computed once by the worker and shared by every agent.
+#[derive(Debug, Default)]
+pub struct BatchTimes {
+    /// The offsets of the batch's events, ascending.
+    pub offsets: Vec<i64>,
+    /// Per windowed table name, the times of the events in `offsets` order.
+    pub tables: HashMap<String, TableTimes>,
+}
+
+/// The event times of one batch for one windowed table.
+#[derive(Debug, Default)]
+pub struct TableTimes {
+    /// Each event's time, or why it has none.
+    pub times: Vec<Result<i64, String>>,
+    /// The partition's stream time once each event is seen: the largest
+    /// of the stream time before the batch and the times so far.
+    pub stream: Vec<Option<i64>>,
+}
+
+impl BatchTimes {
+    /// Returns the position of the event at `offset`.
+    fn position(&self, offset: i64) -> Option<usize> {
+        self.offsets.binary_search(&offset).ok()
+    }
 }
 
 /// A record an agent sent, produced after its batch succeeds.
@@ -65,9 +100,12 @@ pub struct BatchEffects {
     /// The partition every table operation of the batch applies to.
     pub partition: Partition,
     /// The newest value per declared table and key; `None` is a delete.
+    /// Keys of windowed tables are store keys.
     pub writes: HashMap<(usize, Vec<u8>), Option<Vec<u8>>>,
     /// Records sent, in order.
     pub outputs: Vec<OutputRecord>,
+    /// The event times of the batch, for windowed tables.
+    pub times: Arc<BatchTimes>,
 }
 
 /// The data of one agent instance's store.
@@ -104,6 +142,28 @@ impl HostState {
         Ok(*self.resources.get(resource)?)
     }
 
+    /// Returns the position of declared table `name`, or `undeclared`.
+    fn declared(&self, name: String) -> Result<usize, tables::TableError> {
+        match self.grants.table_index.get(&name) {
+            Some(&index) => Ok(index),
+            None => {
+                tracing::warn!(agent = %self.grants.name, table = %name, "agent.table_open: rejected undeclared table");
+                Err(tables::TableError::Undeclared(name))
+            }
+        }
+    }
+
+    /// The batch's own writes to table `index`, for the table to merge
+    /// into a scan.
+    fn batch_writes(&self, index: usize) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        self.effects
+            .writes
+            .iter()
+            .filter(|((written, _), _)| *written == index)
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
     fn read(&self, handle: TableHandle, key: &[u8]) -> Result<Option<Vec<u8>>, tables::TableError> {
         if let Some(written) = self.effects.writes.get(&(handle.index, key.to_vec())) {
             return Ok(written.clone());
@@ -125,10 +185,16 @@ impl tables::HostTable for HostState {
         &mut self,
         name: String,
     ) -> wasmtime::Result<Result<Resource<TableHandle>, tables::TableError>> {
-        let Some(&index) = self.grants.table_index.get(&name) else {
-            tracing::warn!(agent = %self.grants.name, table = %name, "agent.table_open: rejected undeclared table");
-            return Ok(Err(tables::TableError::Undeclared(name)));
+        let index = match self.declared(name) {
+            Ok(index) => index,
+            Err(error) => return Ok(Err(error)),
         };
+        let table = &self.grants.tables[index];
+        if table.window_spec().is_some() {
+            return Ok(Err(tables::TableError::WrongKind(
+                table.kind().name().to_owned(),
+            )));
+        }
         Ok(Ok(self.resources.push(TableHandle { index })?))
     }
 
@@ -200,14 +266,7 @@ impl tables::HostTable for HostState {
             }
         }
 
-        // The batch's own writes to this table, for the table to merge.
-        let newer: BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
-            .effects
-            .writes
-            .iter()
-            .filter(|((index, _), _)| *index == handle.index)
-            .map(|((_, key), value)| (key.clone(), value.clone()))
-            .collect();
+        let newer = self.batch_writes(handle.index);
         let table = &self.grants.tables[handle.index];
         let limit = (limit as usize).min(MAX_SCAN_ENTRIES);
         match table.scan(
@@ -232,6 +291,251 @@ impl tables::HostTable for HostState {
     }
 
     fn drop(&mut self, this: Resource<TableHandle>) -> wasmtime::Result<()> {
+        self.resources.delete(this)?;
+        Ok(())
+    }
+}
+
+impl HostState {
+    fn windowed(
+        &self,
+        resource: &Resource<WindowedTableHandle>,
+    ) -> wasmtime::Result<(usize, &Arc<Table>, &WindowSpec)> {
+        let index = self.resources.get(resource)?.index;
+        let table = &self.grants.tables[index];
+        let spec = table.window_spec().ok_or_else(|| {
+            wasmtime::format_err!("a windowed-table handle names a table that is not windowed")
+        })?;
+        Ok((index, table, spec))
+    }
+
+    /// Returns the time of the batch's event at `offset` for `table` and the
+    /// stream time once that event is seen.
+    fn time_of(
+        &self,
+        table: &Table,
+        offset: i64,
+    ) -> Result<(i64, Option<i64>), tables::TableError> {
+        let unknown = || tables::TableError::UnknownEvent(offset);
+        let position = self.effects.times.position(offset).ok_or_else(unknown)?;
+        let times = self
+            .effects
+            .times
+            .tables
+            .get(table.name())
+            .ok_or_else(unknown)?;
+        match &times.times[position] {
+            Ok(time) => Ok((*time, times.stream[position])),
+            Err(message) => Err(tables::TableError::NoEventTime(message.clone())),
+        }
+    }
+
+    /// Checks a window handed in by the guest and returns its store key.
+    fn window_key(
+        &self,
+        spec: &WindowSpec,
+        key: &[u8],
+        window: tables::Window,
+    ) -> Result<Vec<u8>, tables::TableError> {
+        if let Some(len) = self.check_key(key) {
+            return Err(tables::TableError::KeyTooLarge(len));
+        }
+        let checked = Window {
+            start: window.start,
+            end: window.end,
+        };
+        if !spec.is_valid(checked) {
+            return Err(tables::TableError::InvalidWindow(window));
+        }
+        Ok(WindowSpec::store_key(key, window.start))
+    }
+
+    /// Refuses a write to a window that closed before the batch began.
+    fn check_open(
+        &self,
+        table: &Table,
+        spec: &WindowSpec,
+        window: tables::Window,
+    ) -> Result<(), tables::TableError> {
+        let checked = Window {
+            start: window.start,
+            end: window.end,
+        };
+        if spec.is_closed(checked, table.stream_time(self.effects.partition)) {
+            return Err(tables::TableError::WindowClosed(window));
+        }
+        Ok(())
+    }
+}
+
+fn to_wit(window: Window) -> tables::Window {
+    tables::Window {
+        start: window.start,
+        end: window.end,
+    }
+}
+
+impl tables::HostWindowedTable for HostState {
+    fn open(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Resource<WindowedTableHandle>, tables::TableError>> {
+        let index = match self.declared(name) {
+            Ok(index) => index,
+            Err(error) => return Ok(Err(error)),
+        };
+        let table = &self.grants.tables[index];
+        if table.window_spec().is_none() {
+            return Ok(Err(tables::TableError::WrongKind(
+                table.kind().name().to_owned(),
+            )));
+        }
+        Ok(Ok(self.resources.push(WindowedTableHandle { index })?))
+    }
+
+    fn event_time(
+        &mut self,
+        this: Resource<WindowedTableHandle>,
+        offset: i64,
+    ) -> wasmtime::Result<Result<i64, tables::TableError>> {
+        let (_, table, _) = self.windowed(&this)?;
+        Ok(self.time_of(table, offset).map(|(time, _)| time))
+    }
+
+    fn windows(
+        &mut self,
+        this: Resource<WindowedTableHandle>,
+        offset: i64,
+    ) -> wasmtime::Result<Result<Vec<tables::Window>, tables::TableError>> {
+        let (_, table, spec) = self.windowed(&this)?;
+        Ok(self.time_of(table, offset).map(|(time, stream_time)| {
+            spec.windows_covering(time)
+                .into_iter()
+                .filter(|window| !spec.is_closed(*window, stream_time))
+                .map(to_wit)
+                .collect()
+        }))
+    }
+
+    fn window_at(
+        &mut self,
+        this: Resource<WindowedTableHandle>,
+        time: i64,
+    ) -> wasmtime::Result<tables::Window> {
+        let (_, _, spec) = self.windowed(&this)?;
+        Ok(to_wit(spec.window_at(time)))
+    }
+
+    fn now(&mut self, _this: Resource<WindowedTableHandle>) -> wasmtime::Result<i64> {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64))
+    }
+
+    fn get(
+        &mut self,
+        this: Resource<WindowedTableHandle>,
+        key: Vec<u8>,
+        window: tables::Window,
+    ) -> wasmtime::Result<Result<Option<Vec<u8>>, tables::TableError>> {
+        let (index, _, spec) = self.windowed(&this)?;
+        let stored = match self.window_key(spec, &key, window) {
+            Ok(stored) => stored,
+            Err(error) => return Ok(Err(error)),
+        };
+        Ok(self.read(TableHandle { index }, &stored))
+    }
+
+    fn set(
+        &mut self,
+        this: Resource<WindowedTableHandle>,
+        key: Vec<u8>,
+        window: tables::Window,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), tables::TableError>> {
+        let (index, table, spec) = self.windowed(&this)?;
+        let checked = self
+            .window_key(spec, &key, window)
+            .and_then(|stored| self.check_open(table, spec, window).map(|()| stored))
+            .and_then(|stored| match self.check_value(&value) {
+                Some(len) => Err(tables::TableError::ValueTooLarge(len)),
+                None => Ok(stored),
+            });
+        match checked {
+            Ok(stored) => {
+                self.effects.writes.insert((index, stored), Some(value));
+                Ok(Ok(()))
+            }
+            Err(error) => Ok(Err(error)),
+        }
+    }
+
+    fn delete(
+        &mut self,
+        this: Resource<WindowedTableHandle>,
+        key: Vec<u8>,
+        window: tables::Window,
+    ) -> wasmtime::Result<Result<(), tables::TableError>> {
+        let (index, table, spec) = self.windowed(&this)?;
+        let checked = self
+            .window_key(spec, &key, window)
+            .and_then(|stored| self.check_open(table, spec, window).map(|()| stored));
+        match checked {
+            Ok(stored) => {
+                self.effects.writes.insert((index, stored), None);
+                Ok(Ok(()))
+            }
+            Err(error) => Ok(Err(error)),
+        }
+    }
+
+    fn range(
+        &mut self,
+        this: Resource<WindowedTableHandle>,
+        key: Vec<u8>,
+        from: i64,
+        to: i64,
+    ) -> wasmtime::Result<Result<Vec<tables::WindowedEntry>, tables::TableError>> {
+        let (index, table, spec) = self.windowed(&this)?;
+        if let Some(len) = self.check_key(&key) {
+            return Ok(Err(tables::TableError::KeyTooLarge(len)));
+        }
+        if from > to {
+            return Ok(Ok(Vec::new()));
+        }
+        let start = WindowSpec::store_key(&key, from);
+        // The smallest key after the window that starts at `to`.
+        let mut end = WindowSpec::store_key(&key, to);
+        end.push(0);
+        let newer = self.batch_writes(index);
+        match table.scan(
+            self.effects.partition,
+            &start,
+            Some(&end),
+            &newer,
+            MAX_SCAN_ENTRIES,
+            MAX_SCAN_BYTES,
+        ) {
+            Ok(entries) => Ok(Ok(entries
+                .into_iter()
+                .filter_map(|(stored, value)| {
+                    let (_, window) = spec.parse_store_key(&stored)?;
+                    Some(tables::WindowedEntry {
+                        window: to_wit(window),
+                        value,
+                    })
+                })
+                .collect())),
+            Err(error) => {
+                tracing::error!(agent = %self.grants.name, table = table.name(), partition = self.effects.partition, %error, "agent.window_range: store failed");
+                Ok(Err(tables::TableError::Storage(
+                    "the host's store failed; see the host log".into(),
+                )))
+            }
+        }
+    }
+
+    fn drop(&mut self, this: Resource<WindowedTableHandle>) -> wasmtime::Result<()> {
         self.resources.delete(this)?;
         Ok(())
     }

@@ -28,25 +28,37 @@ use wasmtime::{Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use host::HostState;
-pub use host::{AgentGrants, BatchEffects, OutputRecord, TableHandle};
+pub use host::{
+    AgentGrants, BatchEffects, BatchTimes, OutputRecord, TableHandle, TableTimes,
+    WindowedTableHandle,
+};
 
 use crate::config::AgentConfig;
 use crate::store::Partition;
-use crate::table::Table;
+use crate::table::{ClosedWindow, Table};
 
 /// Bindings generated from `wit/agent.wit`; the WIT file documents them.
+///
+/// They are generated for the `windowed-agent` world, the larger of the
+/// two, and the host looks up the `window-close` export separately, so a
+/// component of the plain `agent` world loads as well.
 #[allow(missing_docs, reason = "generated code; the WIT file carries the docs")]
 pub mod bindings {
     wasmtime::component::bindgen!({
-        world: "agent",
+        world: "windowed-agent",
         path: "../wit",
-        // Open tables live in the store's resource table as `TableHandle`s.
-        with: { "tablehost:agent/tables.table": super::TableHandle },
+        // Open tables live in the store's resource table as handles.
+        with: {
+            "tablehost:agent/tables.table": super::TableHandle,
+            "tablehost:agent/tables.windowed-table": super::WindowedTableHandle,
+        },
         // Every import may trap: a handle missing from the resource table is
         // a host invariant broken, not something the guest can handle.
         imports: { default: trappable },
     });
 }
+
+use bindings::exports::tablehost::agent::{handler, window_close};
 
 pub use bindings::tablehost::agent::types::{Event, Header};
 
@@ -118,23 +130,38 @@ impl AgentRuntime {
         let mut linker: Linker<HostState> = Linker::new(&self.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow!("agent {}: failed to link WASI: {e}", config.name))?;
-        bindings::Agent::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state).map_err(
-            |e| {
+        bindings::WindowedAgent::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| {
                 anyhow!(
                     "agent {}: failed to link the tablehost imports: {e}",
                     config.name
                 )
-            },
-        )?;
+            })?;
         let pre = linker.instantiate_pre(&component).map_err(|e| {
             anyhow!("agent {}: component {} cannot be linked: {e}; it may import interfaces outside the tablehost:agent world", config.name, config.component.display())
         })?;
-        let pre = bindings::AgentPre::new(pre).map_err(|e| {
+        let handler = handler::GuestIndices::new(&pre).map_err(|e| {
             anyhow!(
                 "agent {}: component does not export tablehost:agent/handler: {e}",
                 config.name
             )
         })?;
+        // The close handler is optional; a component that exports the
+        // interface with the wrong functions is refused.
+        let window_close = if pre
+            .component()
+            .get_export_index(None, "tablehost:agent/window-close@0.1.0")
+            .is_some()
+        {
+            Some(window_close::GuestIndices::new(&pre).map_err(|e| {
+                anyhow!(
+                    "agent {}: component's tablehost:agent/window-close export is malformed: {e}",
+                    config.name
+                )
+            })?)
+        } else {
+            None
+        };
 
         let table_index = config
             .tables
@@ -152,6 +179,8 @@ impl AgentRuntime {
         Ok(Agent {
             engine: self.engine.clone(),
             pre,
+            handler,
+            window_close,
             grants,
             instance: None,
             traps: 0,
@@ -185,13 +214,16 @@ pub struct BatchOutcome {
 
 struct Instance {
     store: Store<HostState>,
-    bindings: bindings::Agent,
+    handler: handler::Guest,
+    window_close: Option<window_close::Guest>,
 }
 
 /// One configured agent and its current instance.
 pub struct Agent {
     engine: Engine,
-    pre: bindings::AgentPre<HostState>,
+    pre: wasmtime::component::InstancePre<HostState>,
+    handler: handler::GuestIndices,
+    window_close: Option<window_close::GuestIndices>,
     grants: Arc<AgentGrants>,
     instance: Option<Instance>,
     traps: u64,
@@ -208,6 +240,11 @@ impl Agent {
     /// Returns the agent name.
     pub fn name(&self) -> &str {
         &self.grants.name
+    }
+
+    /// Returns whether the agent declares table `table`.
+    pub fn declares(&self, table: &str) -> bool {
+        self.grants.table_index.contains_key(table)
     }
 
     /// Returns how many traps this agent has caused.
@@ -238,17 +275,47 @@ impl Agent {
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(u64::MAX / 2);
         store.epoch_deadline_trap();
-        let bindings = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| anyhow!("agent {}: failed to instantiate: {e:?}", self.grants.name))?;
-        Ok(Instance { store, bindings })
+        let failed = |e: wasmtime::Error| {
+            anyhow!("agent {}: failed to instantiate: {e:?}", self.grants.name)
+        };
+        let instance = self.pre.instantiate(&mut store).map_err(failed)?;
+        let handler = self.handler.load(&mut store, &instance).map_err(failed)?;
+        let window_close = match &self.window_close {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(failed)?),
+            None => None,
+        };
+        Ok(Instance {
+            store,
+            handler,
+            window_close,
+        })
+    }
+
+    /// Returns whether the component exports the window-close handler.
+    pub fn handles_window_close(&self) -> bool {
+        self.window_close.is_some()
     }
 
     fn call(
         &mut self,
         events: &[Event],
         partition: Partition,
+        times: &Arc<BatchTimes>,
+    ) -> anyhow::Result<Result<BatchEffects, CallError>> {
+        self.enter(events.len() as u64, partition, times, |instance| {
+            instance.handler.call_handle(&mut instance.store, events)
+        })
+    }
+
+    /// Runs `call` on the current instance, or a fresh one, with a CPU
+    /// budget of `events` events and fresh batch effects, and returns the
+    /// effects when the call succeeds.
+    fn enter(
+        &mut self,
+        events: u64,
+        partition: Partition,
+        times: &Arc<BatchTimes>,
+        call: impl FnOnce(&mut Instance) -> wasmtime::Result<Result<(), String>>,
     ) -> anyhow::Result<Result<BatchEffects, CallError>> {
         if self.instance.is_none() {
             self.instance = Some(self.instantiate()?);
@@ -258,18 +325,16 @@ impl Agent {
             .grants
             .limits
             .cpu_ms_per_event
-            .saturating_mul(events.len() as u64)
+            .saturating_mul(events)
             .max(1);
         instance.store.set_epoch_deadline(ticks);
         instance.store.data_mut().effects = BatchEffects {
             partition,
+            times: times.clone(),
             ..Default::default()
         };
 
-        let result = instance
-            .bindings
-            .tablehost_agent_handler()
-            .call_handle(&mut instance.store, events);
+        let result = call(instance);
         let effects = std::mem::take(&mut instance.store.data_mut().effects);
         match result {
             Ok(Ok(())) => Ok(Ok(effects)),
@@ -310,9 +375,10 @@ impl Agent {
         &mut self,
         events: &[Event],
         partition: Partition,
+        times: &Arc<BatchTimes>,
     ) -> anyhow::Result<BatchOutcome> {
         let mut outcome = BatchOutcome::default();
-        match self.call(events, partition)? {
+        match self.call(events, partition, times)? {
             Ok(effects) => self.apply(effects, &mut outcome),
             Err(error) => {
                 let (kind, message) = match &error {
@@ -322,7 +388,7 @@ impl Agent {
                 if events.len() > 1 {
                     tracing::warn!(agent = %self.grants.name, partition, events = events.len(), error = %message, "agent.handle: batch {kind}; retrying its events one at a time");
                     for event in events {
-                        self.handle_one(event, partition, &mut outcome)?;
+                        self.handle_one(event, partition, times, &mut outcome)?;
                     }
                 } else {
                     self.dead_letter(&events[0], message.clone(), &mut outcome);
@@ -336,15 +402,72 @@ impl Agent {
         &mut self,
         event: &Event,
         partition: Partition,
+        times: &Arc<BatchTimes>,
         outcome: &mut BatchOutcome,
     ) -> anyhow::Result<()> {
-        match self.call(std::slice::from_ref(event), partition)? {
+        match self.call(std::slice::from_ref(event), partition, times)? {
             Ok(effects) => self.apply(effects, outcome),
             Err(CallError::Trap(message) | CallError::Failed(message)) => {
                 self.dead_letter(event, message, outcome)
             }
         }
         Ok(())
+    }
+
+    /// Calls the component's window-close handler once for each window in
+    /// `closed`, windows of table `table` in partition `partition`, and
+    /// applies the effects of each call that succeeds. A call that fails is
+    /// logged and its effects are discarded. A component without the
+    /// handler is not called.
+    ///
+    /// # Errors
+    ///
+    /// Fails only when an instance cannot be created.
+    pub fn close_windows(
+        &mut self,
+        table: &str,
+        partition: Partition,
+        closed: &[ClosedWindow],
+    ) -> anyhow::Result<BatchOutcome> {
+        let mut outcome = BatchOutcome::default();
+        if self.window_close.is_none() {
+            return Ok(outcome);
+        }
+        let no_events = Arc::new(BatchTimes::default());
+        for window in closed {
+            let wit_window = bindings::tablehost::agent::tables::Window {
+                start: window.window.start,
+                end: window.window.end,
+            };
+            let result = self.enter(1, partition, &no_events, |instance| {
+                instance
+                    .window_close
+                    .as_ref()
+                    .expect("the export was found at load")
+                    .call_closed(
+                        &mut instance.store,
+                        table,
+                        &window.key,
+                        wit_window,
+                        &window.value,
+                    )
+            })?;
+            match result {
+                Ok(effects) => self.apply(effects, &mut outcome),
+                Err(CallError::Trap(message) | CallError::Failed(message)) => {
+                    tracing::error!(
+                        agent = %self.grants.name,
+                        table,
+                        partition,
+                        start = window.window.start,
+                        end = window.window.end,
+                        error = %message,
+                        "agent.window_close: handler failed; the window is deleted without its effects"
+                    );
+                }
+            }
+        }
+        Ok(outcome)
     }
 
     fn dead_letter(&self, event: &Event, error: String, outcome: &mut BatchOutcome) {

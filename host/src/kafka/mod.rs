@@ -178,7 +178,11 @@ impl Kafka {
             // NOTE: the embedded cluster has no topic configs, so a changelog
             // there is not compacted; the embedded module's retention guard
             // covers the consequences.
-            cluster.create_topic(topic, partitions)?;
+            if let Err(error) = cluster.create_topic(topic, partitions) {
+                // Another worker of this process may have created it between
+                // our check and our request; then it becomes visible.
+                return self.wait_until_visible(topic).map_err(|_| error);
+            }
             return self.wait_until_visible(topic);
         }
 

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::RwLock;
 
-use super::{ChangelogRecord, EntryIter, Partition, Store, StoreError};
+use super::{ChangelogRecord, EntryIter, Partition, SourcePosition, Store, StoreError};
 
 /// A [`Store`] that keeps everything in memory.
 #[derive(Debug, Default)]
@@ -17,6 +17,7 @@ pub struct MemoryStore {
 struct Inner {
     data: BTreeMap<Partition, BTreeMap<Vec<u8>, Vec<u8>>>,
     offsets: BTreeMap<Partition, i64>,
+    positions: BTreeMap<Partition, BTreeMap<String, i64>>,
 }
 
 impl MemoryStore {
@@ -90,6 +91,7 @@ impl Store for MemoryStore {
         partition: Partition,
         records: &[ChangelogRecord],
         next_offset: i64,
+        positions: &[SourcePosition],
     ) -> Result<(), StoreError> {
         let mut inner = self.write();
         let data = inner.data.entry(partition).or_default();
@@ -100,7 +102,20 @@ impl Store for MemoryStore {
             };
         }
         inner.offsets.insert(partition, next_offset);
+        let recorded = inner.positions.entry(partition).or_default();
+        for (topic, offset) in positions {
+            recorded.insert(topic.clone(), *offset);
+        }
         Ok(())
+    }
+
+    fn source_positions(&self, partition: Partition) -> Result<Vec<SourcePosition>, StoreError> {
+        Ok(self
+            .read()
+            .positions
+            .get(&partition)
+            .map(|p| p.iter().map(|(t, o)| (t.clone(), *o)).collect())
+            .unwrap_or_default())
     }
 
     fn changelog_offset(&self, partition: Partition) -> Result<Option<i64>, StoreError> {
@@ -111,6 +126,7 @@ impl Store for MemoryStore {
         let mut inner = self.write();
         inner.data.remove(&partition);
         inner.offsets.remove(&partition);
+        inner.positions.remove(&partition);
         Ok(())
     }
 

@@ -42,6 +42,11 @@ pub struct ChangelogRecord {
 /// A key/value pair read from a store.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
+/// A source topic and the offset of the next record of it to handle in
+/// the same partition number: the point up to which a table partition's
+/// state reflects that source partition.
+pub type SourcePosition = (String, i64);
+
 /// An iterator over the entries of one partition, in ascending key order.
 pub type EntryIter<'a> = Box<dyn Iterator<Item = Result<Entry, StoreError>> + 'a>;
 
@@ -76,21 +81,27 @@ pub trait Store: Send + Sync {
     }
 
     /// Applies changelog records in order and records `next_offset` as the
-    /// partition's changelog offset, atomically: after a crash either all of
-    /// it is visible or none of it.
+    /// partition's changelog offset, and each of `positions` as the source
+    /// position of its topic, atomically: after a crash either all of it is
+    /// visible or none of it.
     fn apply_changelog(
         &self,
         partition: Partition,
         records: &[ChangelogRecord],
         next_offset: i64,
+        positions: &[SourcePosition],
     ) -> Result<(), StoreError>;
+
+    /// Returns the source positions recorded for `partition`, by topic.
+    fn source_positions(&self, partition: Partition) -> Result<Vec<SourcePosition>, StoreError>;
 
     /// Returns the offset of the next changelog record to apply to
     /// `partition`, or `None` when the partition has never been written
     /// through [`Store::apply_changelog`].
     fn changelog_offset(&self, partition: Partition) -> Result<Option<i64>, StoreError>;
 
-    /// Removes every entry of `partition` and its changelog offset.
+    /// Removes every entry of `partition`, its changelog offset and its
+    /// source positions.
     fn drop_partition(&self, partition: Partition) -> Result<(), StoreError>;
 
     /// Returns the partitions that hold data or a changelog offset, in
@@ -206,13 +217,28 @@ pub(crate) mod contract {
                 value: None,
             },
         ];
-        store.apply_changelog(4, &records, 3).unwrap();
+        store.apply_changelog(4, &records, 3, &[]).unwrap();
         assert_eq!(store.changelog_offset(4).unwrap(), Some(3));
         assert_eq!(store.get(4, b"x").unwrap(), None);
         assert_eq!(store.get(4, &[0xff, 0x00]).unwrap(), Some(b"2".to_vec()));
-        store.apply_changelog(4, &[], 10).unwrap();
+        store.apply_changelog(4, &[], 10, &[]).unwrap();
         assert_eq!(store.changelog_offset(4).unwrap(), Some(10));
         store.persist().unwrap();
+
+        // Source positions are kept per topic; a later one replaces an
+        // earlier one of the same topic, and other partitions have none.
+        assert_eq!(store.source_positions(4).unwrap(), vec![]);
+        let positions = [("b-topic".to_owned(), 7), ("a-topic".to_owned(), 5)];
+        store.apply_changelog(4, &[], 11, &positions).unwrap();
+        store
+            .apply_changelog(4, &[], 12, &[("b-topic".to_owned(), 9)])
+            .unwrap();
+        assert_eq!(
+            store.source_positions(4).unwrap(),
+            vec![("a-topic".to_owned(), 5), ("b-topic".to_owned(), 9)]
+        );
+        assert_eq!(store.source_positions(5).unwrap(), vec![]);
+        assert!(!store.partitions().unwrap().contains(&5));
     }
 
     fn range_is_ordered(store: &dyn Store) {
@@ -241,12 +267,14 @@ pub(crate) mod contract {
                     value: Some(b"v".to_vec()),
                 }],
                 1,
+                &[("in".to_owned(), 4)],
             )
             .unwrap();
         assert!(store.partitions().unwrap().contains(&6));
         store.drop_partition(6).unwrap();
         assert_eq!(store.get(6, b"k").unwrap(), None);
         assert_eq!(store.changelog_offset(6).unwrap(), None);
+        assert_eq!(store.source_positions(6).unwrap(), vec![]);
         assert!(!store.partitions().unwrap().contains(&6));
     }
 }

@@ -16,7 +16,7 @@ use rocksdb::{
 };
 use serde::Deserialize;
 
-use super::{in_range, ChangelogRecord, EntryIter, Partition, Store, StoreError};
+use super::{in_range, ChangelogRecord, EntryIter, Partition, SourcePosition, Store, StoreError};
 
 const OFFSETS_CF: &str = "changelog_offsets";
 
@@ -130,6 +130,16 @@ impl RocksStore {
     }
 }
 
+/// Returns the key, in the offsets column family, of the source position
+/// of `topic` for `partition`: the partition, a `/` and the topic name.
+/// Changelog offsets use the bare 4-byte partition, so the two never meet.
+fn position_key(partition: Partition, topic: &str) -> Vec<u8> {
+    let mut key = partition.to_be_bytes().to_vec();
+    key.push(b'/');
+    key.extend_from_slice(topic.as_bytes());
+    key
+}
+
 fn data_key(partition: Partition, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + key.len());
     out.extend_from_slice(&partition.to_be_bytes());
@@ -199,6 +209,7 @@ impl Store for RocksStore {
         partition: Partition,
         records: &[ChangelogRecord],
         next_offset: i64,
+        positions: &[SourcePosition],
     ) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
         for record in records {
@@ -213,9 +224,44 @@ impl Store for RocksStore {
             partition.to_be_bytes(),
             next_offset.to_be_bytes(),
         );
+        for (topic, offset) in positions {
+            batch.put_cf(
+                self.offsets_cf(),
+                position_key(partition, topic),
+                offset.to_be_bytes(),
+            );
+        }
         self.db
             .write(batch)
             .map_err(|e| self.backend_error("apply changelog", partition, e))
+    }
+
+    fn source_positions(&self, partition: Partition) -> Result<Vec<SourcePosition>, StoreError> {
+        let prefix = position_key(partition, "");
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(
+            self.offsets_cf(),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) =
+                item.map_err(|e| self.backend_error("read source positions", partition, e))?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let array: [u8; 8] =
+                value
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::CorruptOffset {
+                        table: self.table.clone(),
+                        partition,
+                        length: value.len(),
+                    })?;
+            let topic = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            out.push((topic, i64::from_be_bytes(array)));
+        }
+        Ok(out)
     }
 
     fn changelog_offset(&self, partition: Partition) -> Result<Option<i64>, StoreError> {
@@ -250,6 +296,9 @@ impl Store for RocksStore {
             None => batch.delete_range(start, vec![0xff; 5]),
         }
         batch.delete_cf(self.offsets_cf(), partition.to_be_bytes());
+        for (topic, _) in self.source_positions(partition)? {
+            batch.delete_cf(self.offsets_cf(), position_key(partition, &topic));
+        }
         self.db
             .write(batch)
             .map_err(|e| self.backend_error("drop partition", partition, e))
@@ -312,7 +361,7 @@ mod tests {
                 key: vec![0x80, 0xfe],
                 value: Some(b"v".to_vec()),
             }];
-            store.apply_changelog(7, &records, 42).unwrap();
+            store.apply_changelog(7, &records, 42, &[]).unwrap();
             store.persist().unwrap();
         }
         let store = RocksStore::open("t", dir.path(), &RocksOptions::default()).unwrap();

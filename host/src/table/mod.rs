@@ -12,22 +12,85 @@
 //!
 //! Invariant: a key present in the cache shadows the store, so a delete
 //! that is not yet committed hides the stored value.
+//!
+//! # Kinds
+//!
+//! - A plain table keeps the state of source partition `p` in table
+//!   partition `p`; a worker holds the partitions it is assigned.
+//! - A global table keeps each key in the partition that Kafka's murmur2
+//!   partitioner chooses for it, whichever source partition wrote it, and
+//!   every worker holds every partition (see [`crate::follower`]).
+//! - A windowed table keeps one entry per key and time window (see
+//!   [`window`]) and tracks, per partition, the stream time and the open
+//!   windows ordered by the stream time at which they close.
+
+pub mod window;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::kafka::partitioner::partition_for_key;
 use crate::store::{ChangelogRecord, Entry, Partition, Store, StoreError};
+use window::{Window, WindowSpec, STREAM_TIME_KEY};
 
 type Dirty = HashMap<Partition, HashMap<Vec<u8>, Option<Vec<u8>>>>;
+
+/// What kind of table a [`Table`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableKind {
+    /// Partitioned like the source topic.
+    Plain,
+    /// Held whole by every worker; keys are placed by hash.
+    Global {
+        /// The number of changelog partitions.
+        partitions: u32,
+    },
+    /// One value per key and time window.
+    Windowed(WindowSpec),
+}
+
+impl TableKind {
+    /// Returns the kind's name as the config spells it, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TableKind::Plain => "table",
+            TableKind::Global { .. } => "global",
+            TableKind::Windowed(_) => "windowed",
+        }
+    }
+}
+
+/// The window bookkeeping of one partition of a windowed table.
+#[derive(Debug, Default)]
+struct WindowState {
+    /// The largest event time seen in the partition.
+    stream_time: Option<i64>,
+    /// Store keys of windows that hold a value, by the stream time at which
+    /// they close.
+    open: BTreeSet<(i64, Vec<u8>)>,
+}
+
+/// A window that closed, with its final value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosedWindow {
+    /// The key as the agent wrote it.
+    pub key: Vec<u8>,
+    /// The window.
+    pub window: Window,
+    /// The window's final value.
+    pub value: Vec<u8>,
+}
 
 /// One table: its name, changelog topic, store and write cache.
 pub struct Table {
     name: String,
     changelog_topic: String,
     store: Arc<dyn Store>,
+    kind: TableKind,
     dirty: Mutex<Dirty>,
     active: Mutex<BTreeSet<Partition>>,
+    windows: Mutex<HashMap<Partition, WindowState>>,
 }
 
 impl std::fmt::Debug for Table {
@@ -42,12 +105,48 @@ impl std::fmt::Debug for Table {
 impl Table {
     /// Creates a table over `store`, mirrored to `changelog_topic`.
     pub fn new(name: &str, changelog_topic: &str, store: Arc<dyn Store>) -> Self {
+        Self::with_kind(name, changelog_topic, store, TableKind::Plain)
+    }
+
+    /// Creates a table of `kind` over `store`, mirrored to
+    /// `changelog_topic`.
+    pub fn with_kind(
+        name: &str,
+        changelog_topic: &str,
+        store: Arc<dyn Store>,
+        kind: TableKind,
+    ) -> Self {
         Self {
             name: name.to_owned(),
             changelog_topic: changelog_topic.to_owned(),
             store,
+            kind,
             dirty: Mutex::default(),
             active: Mutex::default(),
+            windows: Mutex::default(),
+        }
+    }
+
+    /// Returns the table's kind.
+    pub fn kind(&self) -> &TableKind {
+        &self.kind
+    }
+
+    /// Returns the window spec of a windowed table.
+    pub fn window_spec(&self) -> Option<&WindowSpec> {
+        match &self.kind {
+            TableKind::Windowed(spec) => Some(spec),
+            _ => None,
+        }
+    }
+
+    /// Returns the partition that holds `key` when it is written while
+    /// handling an event of source partition `partition`: the same
+    /// partition, except in a global table, where the key's hash decides.
+    pub fn home(&self, partition: Partition, key: &[u8]) -> Partition {
+        match self.kind {
+            TableKind::Global { partitions } => partition_for_key(key, partitions),
+            _ => partition,
         }
     }
 
@@ -78,6 +177,7 @@ impl Table {
     ///
     /// Fails when the store fails.
     pub fn get(&self, partition: Partition, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let partition = self.home(partition, key);
         if let Some(cached) = self.dirty().get(&partition).and_then(|p| p.get(key)) {
             return Ok(cached.clone());
         }
@@ -93,10 +193,50 @@ impl Table {
     /// would take the keys and values returned past `max_bytes`, except that
     /// the first entry is always returned.
     ///
+    /// A global table is scanned across all its partitions.
+    ///
     /// # Errors
     ///
     /// Fails when the store fails.
     pub fn scan(
+        &self,
+        partition: Partition,
+        start: &[u8],
+        end: Option<&[u8]>,
+        newer: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let TableKind::Global { partitions } = self.kind else {
+            return self.scan_partition(partition, start, end, newer, limit, max_bytes);
+        };
+        // Every key lives in one partition, so the partitions' entries are
+        // disjoint; merging them and cutting to the limits gives the scan
+        // of the whole table.
+        let mut all = Vec::new();
+        for home in 0..partitions {
+            let newer: BTreeMap<Vec<u8>, Option<Vec<u8>>> = newer
+                .iter()
+                .filter(|(key, _)| partition_for_key(key, partitions) == home)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            all.extend(self.scan_partition(home, start, end, &newer, limit, max_bytes)?);
+        }
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for (key, value) in all.into_iter().take(limit) {
+            let size = key.len() + value.len();
+            if !out.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    fn scan_partition(
         &self,
         partition: Partition,
         start: &[u8],
@@ -172,12 +312,125 @@ impl Table {
         Ok(out)
     }
 
-    /// Writes `value` (or a tombstone for `None`) to the write cache.
+    /// Writes `value` (or a tombstone for `None`) to the write cache. In a
+    /// windowed table, `key` is a store key (see [`WindowSpec::store_key`])
+    /// and a written window is tracked until it closes.
     pub fn put(&self, partition: Partition, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let partition = self.home(partition, &key);
+        if let (TableKind::Windowed(spec), Some(_)) = (&self.kind, &value) {
+            if let Some((_, window)) = spec.parse_store_key(&key) {
+                self.window_state()
+                    .entry(partition)
+                    .or_default()
+                    .open
+                    .insert((spec.closes_at(window), key.clone()));
+            }
+        }
         self.dirty()
             .entry(partition)
             .or_default()
             .insert(key, value);
+    }
+
+    fn window_state(&self) -> MutexGuard<'_, HashMap<Partition, WindowState>> {
+        // A map of owned values; a panic cannot leave it torn.
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Returns the stream time of `partition` of a windowed table: the
+    /// largest event time seen, or `None` before the first event.
+    pub fn stream_time(&self, partition: Partition) -> Option<i64> {
+        self.window_state()
+            .get(&partition)
+            .and_then(|state| state.stream_time)
+    }
+
+    /// Moves the stream time of `partition` forward to `time`; an earlier
+    /// time changes nothing. The new stream time is written like an entry,
+    /// so it reaches the changelog.
+    pub fn advance_stream_time(&self, partition: Partition, time: i64) {
+        let mut states = self.window_state();
+        let state = states.entry(partition).or_default();
+        if state.stream_time.is_some_and(|now| now >= time) {
+            return;
+        }
+        state.stream_time = Some(time);
+        drop(states);
+        self.dirty()
+            .entry(partition)
+            .or_default()
+            .insert(STREAM_TIME_KEY.to_vec(), Some(time.to_be_bytes().to_vec()));
+    }
+
+    /// Removes the windows of `partition` that have closed at its stream
+    /// time, writing a tombstone for each, and returns them with their
+    /// final values, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store fails; the windows not yet returned stay open.
+    pub fn take_closed(&self, partition: Partition) -> Result<Vec<ClosedWindow>, StoreError> {
+        let Some(spec) = self.window_spec() else {
+            return Ok(Vec::new());
+        };
+        let mut closed = Vec::new();
+        loop {
+            let next = {
+                let mut states = self.window_state();
+                let Some(state) = states.get_mut(&partition) else {
+                    break;
+                };
+                let Some(now) = state.stream_time else { break };
+                match state.open.first() {
+                    Some((closes_at, _)) if *closes_at <= now => state.open.pop_first(),
+                    _ => None,
+                }
+            };
+            let Some((_, stored)) = next else { break };
+            let Some((key, window)) = spec.parse_store_key(&stored) else {
+                continue;
+            };
+            // A window deleted by the agent has no final value.
+            if let Some(value) = self.get(partition, &stored)? {
+                closed.push(ClosedWindow { key, window, value });
+            }
+            self.dirty()
+                .entry(partition)
+                .or_default()
+                .insert(stored, None);
+        }
+        Ok(closed)
+    }
+
+    /// Rebuilds the stream time and the open windows of `partition` from
+    /// the store, after the partition was recovered from its changelog.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store fails.
+    pub fn rebuild_windows(&self, partition: Partition) -> Result<(), StoreError> {
+        let Some(spec) = self.window_spec() else {
+            return Ok(());
+        };
+        let mut state = WindowState::default();
+        for entry in self.store.iter(partition)? {
+            let (key, value) = entry?;
+            if key == STREAM_TIME_KEY {
+                if let Ok(bytes) = <[u8; 8]>::try_from(value.as_slice()) {
+                    state.stream_time = Some(i64::from_be_bytes(bytes));
+                }
+            } else if let Some((_, window)) = spec.parse_store_key(&key) {
+                state.open.insert((spec.closes_at(window), key));
+            }
+        }
+        tracing::debug!(table = %self.name, partition, open_windows = state.open.len(), stream_time = ?state.stream_time, "table: window tracking rebuilt");
+        self.window_state().insert(partition, state);
+        Ok(())
+    }
+
+    /// Forgets the window tracking of `partition`, when it is released.
+    pub fn forget_windows(&self, partition: Partition) {
+        self.window_state().remove(&partition);
     }
 
     /// Returns the number of dirty keys across partitions.
