@@ -140,6 +140,89 @@ impl<K: ?Sized, M: ?Sized> SetTable<K, M> {
         Ok(members.len() as u64)
     }
 
+    /// Adds every member of `members` to the set of `key` (set union) and
+    /// returns how many were new. Each addition is its own changelog record.
+    ///
+    /// # Errors
+    ///
+    /// As [`SetTable::add`].
+    pub fn union<'a, Q, N>(
+        &self,
+        key: &Q,
+        members: impl IntoIterator<Item = &'a N>,
+    ) -> Result<u64, Error>
+    where
+        K: Borrow<Q>,
+        M: Borrow<N>,
+        Q: Key + ?Sized,
+        N: Key + ?Sized + 'a,
+    {
+        let mut added = 0;
+        for member in members {
+            added += u64::from(self.add(key, member)?);
+        }
+        Ok(added)
+    }
+
+    /// Removes every member of `members` from the set of `key` (set
+    /// difference) and returns how many were there. Each removal is its
+    /// own changelog tombstone.
+    ///
+    /// # Errors
+    ///
+    /// As [`SetTable::discard`].
+    pub fn difference<'a, Q, N>(
+        &self,
+        key: &Q,
+        members: impl IntoIterator<Item = &'a N>,
+    ) -> Result<u64, Error>
+    where
+        K: Borrow<Q>,
+        M: Borrow<N>,
+        Q: Key + ?Sized,
+        N: Key + ?Sized + 'a,
+    {
+        let mut removed = 0;
+        for member in members {
+            removed += u64::from(self.discard(key, member)?);
+        }
+        Ok(removed)
+    }
+
+    /// Keeps in the set of `key` only the members also in `members` (set
+    /// intersection) and returns how many were removed. Each removal is
+    /// its own changelog tombstone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Table`] when the host rejects the scan or a delete.
+    pub fn intersection<'a, Q, N>(
+        &self,
+        key: &Q,
+        members: impl IntoIterator<Item = &'a N>,
+    ) -> Result<u64, Error>
+    where
+        K: Borrow<Q>,
+        M: Borrow<N>,
+        Q: Key + ?Sized,
+        N: Key + ?Sized + 'a,
+    {
+        let encoded = key.encode_key();
+        let kept: std::collections::BTreeSet<Vec<u8>> = members
+            .into_iter()
+            .map(|m| m.encode_key().into_owned())
+            .collect();
+        let mut removed = 0;
+        for member in self.members_of_encoded(&encoded)? {
+            if !kept.contains(&member) {
+                self.table
+                    .delete(member_key(&encoded, &member).as_slice())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn members_of_encoded(&self, encoded_key: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
         let prefix = member_key(encoded_key, &[]);
         let mut members = Vec::new();

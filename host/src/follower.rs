@@ -1,7 +1,7 @@
 //! Following changelogs: keeping table partitions current with records
 //! that other workers write.
 //!
-//! A [`Follower`] holds one consumer assigned to a set of changelog
+//! A [`Follower`] owns one consumer assigned to a set of changelog
 //! partitions, each starting at the offset its store has applied up to. The
 //! worker calls [`Follower::poll`] on every turn of its loop; each call
 //! applies whatever has arrived to the stores, chunk by chunk, together
@@ -30,8 +30,8 @@ use crate::recovery::merge_positions;
 use crate::store::{ChangelogRecord, Partition, SourcePosition};
 use crate::table::Table;
 
-/// The most records one [`Follower::poll`] call takes, so a worker that
-/// follows a busy changelog still returns to its own events.
+/// The maximum number of records one [`Follower::poll`] call applies, so a
+/// worker that follows a busy changelog still returns to its own events.
 const MAX_RECORDS_PER_POLL: usize = 10_000;
 
 /// Records of one partition read by one poll, to apply together.

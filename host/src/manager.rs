@@ -210,7 +210,7 @@ impl TableManager {
         if self.standby_replicas == 0 {
             return Ok(());
         }
-        let mut wanted: Vec<(Arc<Table>, Partition)> = Vec::new();
+        let mut expected: Vec<(Arc<Table>, Partition)> = Vec::new();
         for (topic, tables) in &self.tables_by_source {
             let mine: Vec<i32> = owned
                 .iter()
@@ -225,11 +225,11 @@ impl TableManager {
                     for step in 1..=self.standby_replicas as i32 {
                         let standby = (p + step).rem_euclid(partitions as i32);
                         if !mine.contains(&standby)
-                            && !wanted
+                            && !expected
                                 .iter()
                                 .any(|(t, q)| t.name() == table.name() && *q == standby as u32)
                         {
-                            wanted.push((table.clone(), standby as u32));
+                            expected.push((table.clone(), standby as u32));
                         }
                     }
                 }
@@ -238,7 +238,7 @@ impl TableManager {
         self.with_follower(kafka, |follower| {
             for (table, partition, _) in follower.positions() {
                 let global = matches!(table.kind(), TableKind::Global { .. });
-                let keep = wanted
+                let keep = expected
                     .iter()
                     .any(|(t, p)| t.name() == table.name() && *p == partition);
                 if !global && !keep {
@@ -246,7 +246,7 @@ impl TableManager {
                     tracing::info!(table = table.name(), partition, "manager: standby stopped");
                 }
             }
-            for (table, partition) in &wanted {
+            for (table, partition) in &expected {
                 if follower.is_following(table, *partition) {
                     continue;
                 }
@@ -425,8 +425,8 @@ impl TableManager {
     /// When the partition feeds one table, that position is exact. When it
     /// feeds several, a table without writes in recent commits records an
     /// older position, and a crash halfway through a commit can leave one
-    /// table's changelog ahead of another's; neither case can be told apart
-    /// from the changelogs alone. The smallest position is then returned,
+    /// table's changelog ahead of another's; the changelogs alone cannot
+    /// distinguish the two cases. The smallest position is then returned,
     /// and `None` when some table records none, so that no table misses an
     /// event: events may be handled twice, as without positions.
     ///
@@ -468,7 +468,7 @@ impl TableManager {
     /// embedded cluster would drop changelog records. The worker must stop
     /// without committing source offsets then.
     ///
-    /// `positions` holds the next source offset to handle per source topic
+    /// `positions` contains the next source offset to handle per source topic
     /// and partition. The changelog records and the stores of plain and
     /// windowed tables record them, so whoever recovers a partition knows
     /// which events its state already reflects (see

@@ -309,12 +309,13 @@ pub enum Start {
 /// Decides where recovery starts, given the store's persisted offset and
 /// the changelog partition's watermarks.
 ///
-/// On a real broker a low watermark above the persisted offset means
-/// compaction or retention removed the head, and replay starts at the low
-/// watermark. The embedded cluster drops records only when it runs out of
-/// room, which loses data, so there it is an error. The embedded cluster
-/// also starts empty in every process, so a store ahead of it is always
-/// rebuilt.
+/// A low watermark above the persisted offset means retention removed the
+/// head, and replay starts at the low watermark with a warning, as Faust
+/// does. A store that has never been written is rebuilt from the low
+/// watermark too, except on the embedded cluster: it drops records only
+/// when it runs out of room, so a rebuild from what is left would look
+/// complete and be wrong. The embedded cluster also starts empty in every
+/// process, so a store ahead of it is always rebuilt.
 pub fn start_offset(
     persisted: Option<i64>,
     low: i64,
@@ -331,7 +332,6 @@ pub fn start_offset(
             }
         }
         None if embedded && low > 0 => Start::Lost,
-        Some(offset) if offset < low && embedded => Start::Lost,
         None => Start::At(low),
         Some(offset) if offset < low => Start::BelowLow(offset),
         Some(offset) => Start::At(offset),
@@ -387,7 +387,10 @@ mod tests {
         assert_eq!(start_offset(Some(50), 40, 90, Fail, false), Start::At(50));
         // The embedded cluster dropped records the store still needs.
         assert_eq!(start_offset(None, 40, 90, Fail, true), Start::Lost);
-        assert_eq!(start_offset(Some(10), 40, 90, Fail, true), Start::Lost);
+        assert_eq!(
+            start_offset(Some(10), 40, 90, Fail, true),
+            Start::BelowLow(10)
+        );
         assert_eq!(start_offset(Some(50), 40, 90, Fail, true), Start::At(50));
         // A store ahead of the changelog: the topic was recreated.
         assert_eq!(

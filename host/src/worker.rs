@@ -269,11 +269,11 @@ impl WorkerContext {
         if resume.is_empty() {
             return;
         }
-        let mut asked = TopicPartitionList::new();
+        let mut requested = TopicPartitionList::new();
         for (topic, partition, _) in &resume {
-            asked.add_partition(topic, *partition);
+            requested.add_partition(topic, *partition);
         }
-        let committed = match consumer.committed_offsets(asked, Duration::from_secs(30)) {
+        let committed = match consumer.committed_offsets(requested, Duration::from_secs(30)) {
             Ok(committed) => committed,
             Err(error) => {
                 let message =
@@ -713,8 +713,8 @@ impl Processor {
     }
 
     /// Moves the stream time of the windowed tables that follow `topic` to
-    /// the end of the batch, and closes the windows that are now behind it:
-    /// each agent of `agent_indexes` that declares the table and exports the
+    /// the end of the batch, and closes the windows that are now behind it.
+    /// Each agent of `agent_indexes` that declares the table and exports the
     /// close handler is called once per window, then the window is deleted.
     fn close_windows(
         &mut self,
@@ -876,7 +876,7 @@ impl Processor {
             // the partition, catches up. A group in a rebalance refuses
             // commits, for one.
             if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
-                tracing::warn!(%error, "commit: the group refused the source offsets; the changelogs keep the positions and the next commit retries");
+                tracing::warn!(%error, "commit: failed to commit the source offsets; the changelogs keep the positions and the next commit retries");
             }
         }
         if let Some(cluster) = self.kafka.embedded_cluster() {

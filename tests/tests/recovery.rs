@@ -300,9 +300,10 @@ fn changelog_with_dropped_head(harness: &Harness) -> (tablehost::table::Table, i
     (table, low, high)
 }
 
-/// A changelog whose low watermark is above zero: a store that has applied
-/// records past the low watermark replays exactly the rest, and a store
-/// that needs the dropped head gets an error that names the offset.
+/// A changelog whose low watermark is above zero: a new store gets an
+/// error that names the offset, a store whose persisted offset is below the
+/// low watermark replays from the low watermark, and a store past it
+/// replays exactly the rest.
 #[test]
 fn recovery_with_low_watermark_above_zero() {
     use tablehost::recovery::recover_partition;
@@ -321,6 +322,13 @@ fn recovery_with_low_watermark_above_zero() {
         )
     );
 
+    table.store().apply_changelog(0, &[], low - 1, &[]).unwrap();
+    let report = recover_partition(&harness.kafka, &table, 0).unwrap();
+    assert_eq!(report.from_offset, low);
+    assert_eq!(report.replayed as i64, high - low);
+    assert_eq!(table.store().changelog_offset(0).unwrap(), Some(high));
+
+    table.store().drop_partition(0).unwrap();
     let persisted = low + 100;
     table
         .store()
@@ -335,4 +343,140 @@ fn recovery_with_low_watermark_above_zero() {
     let first = format!("key-{persisted:06}");
     assert!(table.store().get(0, first.as_bytes()).unwrap().is_some());
     assert_eq!(table.store().changelog_offset(0).unwrap(), Some(high));
+}
+
+/// Appends a transaction commit marker (a control batch) to a partition by
+/// sending a Produce request (version 3) straight to the embedded
+/// cluster's only broker. librdkafka's mock stores the batch as sent and
+/// writes no markers of its own, and rdkafka cannot produce control
+/// records, so this is how a changelog that ends in markers arises here.
+fn append_commit_marker(bootstrap: &str, topic: &str, partition: i32) {
+    use std::io::{Read, Write};
+
+    // The control record: key (version 0, type 1 = commit), value (version
+    // 0, coordinator epoch 0), no headers; lengths are zigzag varints.
+    let key = [0u8, 0, 0, 1];
+    let value = [0u8, 0, 0, 0, 0, 0];
+    let mut record = vec![0u8, 0, 0]; // attributes, timestamp delta, offset delta
+    record.push((key.len() as u8) << 1);
+    record.extend_from_slice(&key);
+    record.push((value.len() as u8) << 1);
+    record.extend_from_slice(&value);
+    record.push(0); // no headers
+    let mut records = vec![(record.len() as u8) << 1];
+    records.extend_from_slice(&record);
+
+    // The batch from `attributes` on, which the CRC covers.
+    let mut body = Vec::new();
+    body.extend_from_slice(&0x30i16.to_be_bytes()); // transactional and control
+    body.extend_from_slice(&0i32.to_be_bytes()); // last offset delta
+    body.extend_from_slice(&0i64.to_be_bytes()); // base timestamp
+    body.extend_from_slice(&0i64.to_be_bytes()); // max timestamp
+    body.extend_from_slice(&7i64.to_be_bytes()); // producer id
+    body.extend_from_slice(&0i16.to_be_bytes()); // producer epoch
+    body.extend_from_slice(&(-1i32).to_be_bytes()); // base sequence
+    body.extend_from_slice(&1i32.to_be_bytes()); // record count
+    body.extend_from_slice(&records);
+
+    let mut batch = Vec::new();
+    batch.extend_from_slice(&0i64.to_be_bytes()); // base offset
+    batch.extend_from_slice(&((4 + 1 + 4 + body.len()) as i32).to_be_bytes());
+    batch.extend_from_slice(&0i32.to_be_bytes()); // partition leader epoch
+    batch.push(2); // magic
+    batch.extend_from_slice(&crc32c(&body).to_be_bytes());
+    batch.extend_from_slice(&body);
+
+    let mut request = Vec::new();
+    request.extend_from_slice(&0i16.to_be_bytes()); // Produce
+    request.extend_from_slice(&3i16.to_be_bytes()); // version 3
+    request.extend_from_slice(&1i32.to_be_bytes()); // correlation id
+    request.extend_from_slice(&4i16.to_be_bytes());
+    request.extend_from_slice(b"test");
+    request.extend_from_slice(&(-1i16).to_be_bytes()); // no transactional id
+    request.extend_from_slice(&(-1i16).to_be_bytes()); // acks = all
+    request.extend_from_slice(&10_000i32.to_be_bytes()); // timeout
+    request.extend_from_slice(&1i32.to_be_bytes()); // one topic
+    request.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    request.extend_from_slice(topic.as_bytes());
+    request.extend_from_slice(&1i32.to_be_bytes()); // one partition
+    request.extend_from_slice(&partition.to_be_bytes());
+    request.extend_from_slice(&(batch.len() as i32).to_be_bytes());
+    request.extend_from_slice(&batch);
+
+    let address = bootstrap.split(',').next().unwrap();
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(&(request.len() as i32).to_be_bytes())
+        .unwrap();
+    stream.write_all(&request).unwrap();
+
+    // Response: size, correlation id, topics, topic name, partitions,
+    // partition, error code, ...
+    let mut size = [0u8; 4];
+    stream.read_exact(&mut size).unwrap();
+    let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
+    stream.read_exact(&mut response).unwrap();
+    let name_len = i16::from_be_bytes([response[8], response[9]]) as usize;
+    let at = 10 + name_len + 4 + 4;
+    let error = i16::from_be_bytes([response[at], response[at + 1]]);
+    assert_eq!(error, 0, "the cluster rejected the marker batch");
+}
+
+/// Computes CRC-32C (Castagnoli), the checksum of Kafka record batches.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for byte in data {
+        crc ^= u32::from(*byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A changelog whose last offsets are transaction markers: the high
+/// watermark lies past the last data record, recovery still ends at once,
+/// and the store records the high watermark as applied.
+#[test]
+fn recovery_of_changelog_ending_in_markers() {
+    use tablehost::kafka::producer::TrackedProducer;
+    use tablehost::kafka::TopicKind;
+    use tablehost::recovery::recover_partition;
+
+    assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    let harness = Harness::new();
+    let topic = "markers-t-changelog";
+    harness
+        .kafka
+        .ensure_topic(topic, 1, TopicKind::Changelog)
+        .unwrap();
+    let producer = TrackedProducer::new(&harness.kafka).unwrap();
+    for (key, value) in [(b"a", b"1"), (b"b", b"2"), (b"a", b"3")] {
+        producer
+            .send(topic, Some(0), Some(key), Some(value), &[])
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+    append_commit_marker(&harness.kafka.bootstrap_servers(), topic, 0);
+    append_commit_marker(&harness.kafka.bootstrap_servers(), topic, 0);
+    assert_eq!(harness.kafka.watermarks(topic, 0).unwrap(), (0, 5));
+
+    let store = Arc::new(tablehost::store::MemoryStore::new());
+    let table = tablehost::table::Table::new("t", topic, store);
+    // Recovery that waited for records up to the high watermark would
+    // stall and fail here instead of returning.
+    let report = recover_partition(&harness.kafka, &table, 0).unwrap();
+    assert_eq!(report.replayed, 3);
+    assert_eq!(report.to_offset, 5);
+    assert_eq!(table.store().get(0, b"a").unwrap(), Some(b"3".to_vec()));
+    assert_eq!(table.store().get(0, b"b").unwrap(), Some(b"2".to_vec()));
+    assert_eq!(table.store().changelog_offset(0).unwrap(), Some(5));
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tablehost::config::Config;
 use tablehost::kafka::producer::TrackedProducer;
 use tablehost::recovery::RecoveryReport;
-use tablehost_tests::{plugin, Harness, RUN_TIMEOUT};
+use tablehost_tests::{plugin, Broker, Harness, RUN_TIMEOUT};
 
 const PARTITIONS: i32 = 4;
 const KEYS: usize = 200;
@@ -38,11 +38,13 @@ fn worker_config(harness: &Harness, worker: &str, standbys: u32) -> Config {
 /// Worker A and B share the source until B stops; A takes over B's
 /// partitions. Returns B's partitions, A's last recovery report of each,
 /// and the final counts in the changelog.
-fn fail_over(standbys: u32) -> (Vec<u32>, Vec<RecoveryReport>, BTreeMap<Vec<u8>, u64>, u64) {
-    let harness = Harness::new();
+fn fail_over(
+    harness: &Harness,
+    standbys: u32,
+) -> (Vec<u32>, Vec<RecoveryReport>, BTreeMap<Vec<u8>, u64>, u64) {
     harness.topic("events", PARTITIONS as u32);
-    let a = harness.start_worker(&worker_config(&harness, "worker-a", standbys));
-    let b = harness.start_worker(&worker_config(&harness, "worker-b", standbys));
+    let a = harness.start_worker(&worker_config(harness, "worker-a", standbys));
+    let b = harness.start_worker(&worker_config(harness, "worker-b", standbys));
 
     // Produce until both workers have handled events, so each owns some
     // partitions.
@@ -157,7 +159,7 @@ fn assert_exact_counts(counts: &BTreeMap<Vec<u8>, u64>, total: u64) {
 /// takeover replays no changelog record.
 #[test]
 fn takeover_with_standby_replays_nothing() {
-    let (b_partitions, takeovers, counts, total) = fail_over(1);
+    let (b_partitions, takeovers, counts, total) = fail_over(&Harness::new(), 1);
     for report in &takeovers {
         assert_eq!(report.replayed, 0, "{report:?} of B's {b_partitions:?}");
         assert_eq!(report.from_offset, report.to_offset, "{report:?}");
@@ -169,13 +171,26 @@ fn takeover_with_standby_replays_nothing() {
 /// Without standbys, A replays what B wrote to its partitions' changelogs.
 #[test]
 fn takeover_without_standby_replays_the_changelog() {
-    let (_, takeovers, counts, total) = fail_over(0);
+    let (_, takeovers, counts, total) = fail_over(&Harness::new(), 0);
     for report in &takeovers {
         assert!(report.replayed > 0, "{report:?}");
         assert_eq!(
             report.replayed as i64,
             report.to_offset - report.from_offset
         );
+    }
+    assert_exact_counts(&counts, total);
+}
+
+/// The same takeover with a standby against a tansu broker process, where
+/// the stopped worker leaves the group at once.
+#[test]
+fn takeover_with_standby_on_a_real_broker() {
+    let broker = Broker::start();
+    let (b_partitions, takeovers, counts, total) =
+        fail_over(&Harness::with_brokers(&broker.bootstrap()), 1);
+    for report in &takeovers {
+        assert_eq!(report.replayed, 0, "{report:?} of B's {b_partitions:?}");
     }
     assert_exact_counts(&counts, total);
 }

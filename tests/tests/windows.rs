@@ -86,8 +86,9 @@ fn produce_times(harness: &Harness, partition: i32, key: &[u8], times: &[i64]) {
 const HOPPING: &str = "type = \"hopping\"\nsize_ms = 10000\nstep_ms = 5000";
 
 /// Hopping windows of 10 s every 5 s, fed one event every 2 s: a window
-/// holds the events of its start up to, not including, its end, so none
-/// counts more than 5, whether events arrive in one batch or one by one.
+/// contains the events from its start up to, not including, its end, so
+/// none counts more than 5, whether events arrive in one batch or one by
+/// one.
 #[test]
 fn hopping_windows_count_at_most_five_events() {
     let spec = WindowSpec::new(&WindowConfig {
@@ -177,7 +178,7 @@ fn produce_phase(harness: &Harness, phase: &[(i32, &[u8], &[i64])]) {
 }
 
 /// Tumbling windows with 5 s of lateness close once each with their final
-/// count, late events count while their window is open, and a table
+/// count, and late events count while their window is open. A table
 /// recovered from its changelog halfway closes the same windows with the
 /// same counts as one that never restarted.
 #[test]
@@ -268,4 +269,36 @@ fn windowed_table_opened_as_table_is_refused() {
     let dead = harness.records("kinds-counter-dead-letters");
     let error = dead[0].header("tablehost-error").unwrap();
     assert!(error.contains("table kind \"windowed\""), "{error}");
+}
+
+/// The window reads through the agent: the event's current window, one
+/// 10 s earlier, the wall-clock window and the windows of the last minute.
+#[test]
+fn window_reads_of_a_key() {
+    let harness = Harness::new();
+    let config = config(
+        &harness,
+        "type = \"tumbling\"\nsize_ms = 10000\nexpires_ms = 30000",
+        512,
+    );
+    let config = {
+        // The report topic is an output too.
+        let mut config = config;
+        config.agents[0].outputs.push("window-reports".into());
+        config
+    };
+    harness.topic("events", 1);
+    produce_times(&harness, 0, b"k", &[1_000, 2_000, 12_000, 25_000]);
+    produce_times(&harness, 0, b"report:k", &[26_000]);
+    harness.run_to_end(&config);
+
+    let reports = harness.records("window-reports");
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].key.as_deref(), Some(b"k".as_slice()));
+    assert_eq!(
+        std::str::from_utf8(reports[0].value.as_deref().unwrap()).unwrap(),
+        r#"{"key":"k","time":26000,"current":1,"delta":1,"now":null,"range":[[0,10000,2],[10000,20000,1],[20000,30000,1]]}"#
+    );
+    // Nothing has closed: the oldest window closes at stream time 40 s.
+    assert_eq!(closes(&harness), vec![]);
 }

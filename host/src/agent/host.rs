@@ -153,8 +153,8 @@ impl HostState {
         }
     }
 
-    /// The batch's own writes to table `index`, for the table to merge
-    /// into a scan.
+    /// Returns the batch's own writes to table `index`, for the table to
+    /// merge into a scan.
     fn batch_writes(&self, index: usize) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
         self.effects
             .writes

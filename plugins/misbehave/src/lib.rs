@@ -18,6 +18,7 @@
 //! | `send-undeclared` | sends a record to topic `not-declared` and records the result |
 //! | `set`             | adds `x`, `y` and `z` to the set of the record key in the set table `counts`, discards `y`, and writes the members joined by `,` to `results["set"]` |
 //! | `set-read`        | writes the members of the record key's set in `counts`, joined by `,`, to `results["set-read"]` |
+//! | `set-ops`         | on the record key's set in `counts`: union with `a`, `b`, `c`, difference with `b`, intersection with `a`, `x`, and writes `added N, removed M, dropped D: ` and the members joined by `,` to `results["set-ops"]` |
 //! | `set-clear`       | clears the record key's set in `counts` and writes `removed N, left M` to `results["set-clear"]` |
 //! | `scan`            | sets `counts["k3"]` to `7`, deletes `counts["k2"]`, then writes the entries of `counts` whose keys start with `k` to `results["scan"]` as `key=value` pairs joined by `,` |
 //!
@@ -85,9 +86,10 @@ impl Agent for Misbehave {
             "set" => set_operations(event),
             "set-read" => set_read(event),
             "set-clear" => set_clear(event),
+            "set-ops" => set_algebra(event),
             other => Err(Error::msg(format!(
                 "misbehave: unknown behaviour {other:?}; expected one of count, send, \
-                 trap, loop, grow, recurse, fail, open-undeclared, oversized, send-undeclared, scan, set, set-read, set-clear"
+                 trap, loop, grow, recurse, fail, open-undeclared, oversized, send-undeclared, scan, set, set-read, set-clear, set-ops"
             ))),
         }
     }
@@ -135,6 +137,21 @@ fn set_operations(event: &Event) -> Result<(), Error> {
     }
     sets.discard(key, "y")?;
     record_text("set", &joined_members(&sets, key)?)
+}
+
+/// Applies a union, a difference and an intersection to the record key's
+/// set, and records the counts and the members left.
+fn set_algebra(event: &Event) -> Result<(), Error> {
+    let sets: SetTable<[u8], str> = SetTable::open("counts")?;
+    let key = event.key_bytes();
+    let added = sets.union(key, ["a", "b", "c"])?;
+    let removed = sets.difference(key, ["b"])?;
+    let dropped = sets.intersection(key, ["a", "x"])?;
+    let members = joined_members(&sets, key)?;
+    record_text(
+        "set-ops",
+        &format!("added {added}, removed {removed}, dropped {dropped}: {members}"),
+    )
 }
 
 /// Records the members of the record key's set.

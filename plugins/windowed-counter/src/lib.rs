@@ -8,6 +8,15 @@
 //! its own count. The value is the count as a JSON integer. A record too
 //! late for any open window is not counted.
 //!
+//! A record whose key is `report:` followed by a key is not counted. The
+//! agent instead sends one record to `window-reports`, keyed by that key,
+//! whose value is the JSON object
+//! `{"key":"<key>","time":<ms>,"current":<n>,"delta":<n>,"now":<n>,"range":[[<start>,<end>,<n>],...]}`:
+//! the report's event time, the key's count in the window of that time, in
+//! the window 10 s earlier and in the window of the wall-clock time (`null`
+//! where there is none), and every window of the key that starts in the
+//! minute up to the event time.
+//!
 //! When a window closes, the agent sends one record to `window-closes`,
 //! keyed by the table key, whose value is the JSON object
 //! `{"key":"<key>","start":<ms>,"end":<ms>,"count":<n>}` with the fields in
@@ -28,13 +37,38 @@ const COUNTS_TABLE: &str = "window-counts";
 /// The output topic that receives one record per closed window.
 const CLOSES_TOPIC: &str = "window-closes";
 
+/// The output topic that receives the reports.
+const REPORTS_TOPIC: &str = "window-reports";
+
+/// The key prefix of a record that asks for a report.
+const REPORT_PREFIX: &[u8] = b"report:";
+
 struct WindowedCounter;
 
 impl Agent for WindowedCounter {
     fn handle(event: &Event) -> Result<(), Error> {
         let counts: WindowedTable<Vec<u8>, u64> = WindowedTable::open(COUNTS_TABLE)?;
+        let key = event.key_bytes();
 
-        counts.update_or_default(event, event.key_bytes(), |count| count + 1)?;
+        if let Some(reported) = key.strip_prefix(REPORT_PREFIX) {
+            let time = counts.event_time(event)?;
+            let range = counts
+                .range(reported, time - 60_000, time)?
+                .into_iter()
+                .map(|(window, count)| (window.start, window.end, count))
+                .collect();
+            let report = Report {
+                key: String::from_utf8_lossy(reported),
+                time,
+                current: counts.current(event, reported)?,
+                delta: counts.delta(event, reported, 10_000)?,
+                now: counts.now(reported)?,
+                range,
+            };
+            return output::send_json(REPORTS_TOPIC, Some(reported), &report);
+        }
+
+        counts.update_or_default(event, key, |count| count + 1)?;
         Ok(())
     }
 
@@ -47,6 +81,17 @@ impl Agent for WindowedCounter {
 }
 
 export_agent!(WindowedCounter);
+
+/// The value of a record sent to `window-reports`, fields in this order.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    key: Cow<'a, str>,
+    time: i64,
+    current: Option<u64>,
+    delta: Option<u64>,
+    now: Option<u64>,
+    range: Vec<(i64, i64, u64)>,
+}
 
 /// The value of a record sent to `window-closes`. Serde writes the fields
 /// in declaration order.
