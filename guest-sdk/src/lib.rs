@@ -13,7 +13,8 @@
 //!   [`Table::entries`], [`Table::range`] and [`Table::prefix`] iterate
 //!   over a partition in key order.
 //! - [`SetTable`]: a set of members per key, one table entry per member, so
-//!   adds and discards are changelog records replayed in order.
+//!   adds and discards, and the union, difference and intersection built
+//!   on them, are changelog records replayed in order.
 //! - [`WindowedTable`]: a value per key and time [`Window`], for tumbling,
 //!   hopping and sliding windows over event time.
 //!   [`WindowedTable::update`] writes to every open window of an event.
