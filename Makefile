@@ -68,8 +68,8 @@ demo: host plugins data
 
 ## test: run every unit and integration test
 test: plugins tansu
-	cargo test -p tablehost -p tablehost-tests
-	CARGO_TARGET_DIR=$(WASM_TARGET_DIR) cargo test -p tablehost-guest $(addprefix -p ,$(PLUGINS))
+	cargo test --no-fail-fast -p tablehost -p tablehost-tests
+	CARGO_TARGET_DIR=$(WASM_TARGET_DIR) cargo test --no-fail-fast -p tablehost-guest $(addprefix -p ,$(PLUGINS))
 
 ## bench: run the benchmarks and print their results (see BENCHMARKS.md); the dev
 ## profile is used so the optimised dependencies built for the demo are reused

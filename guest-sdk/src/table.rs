@@ -49,7 +49,7 @@ pub enum TableError {
     /// [`WindowedTable`](crate::WindowedTable). The payload is the host's
     /// text, which names the table's kind.
     #[error(
-        "table kind {0:?} does not match the type that opened it, so open windowed tables with WindowedTable and others with Table or SetTable"
+        "table kind {0:?} does not match the type that opened it, so open windowed tables with WindowedTable and others with Table or SetTable, or change the table's kind in the host config"
     )]
     WrongKind(String),
 
@@ -520,7 +520,8 @@ mod tests {
         assert_eq!(
             TableError::WrongKind("windowed".to_string()).to_string(),
             "table kind \"windowed\" does not match the type that opened it, so open windowed \
-             tables with WindowedTable and others with Table or SetTable"
+             tables with WindowedTable and others with Table or SetTable, or change the table's \
+             kind in the host config"
         );
     }
 

@@ -49,6 +49,18 @@ pub fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Returns the config text of application `app_id` whose `counter` agent
+/// counts topic `events` into table `counts`. `settings` adds top-level
+/// keys, such as `commit_interval_ms = 200`, and `table_settings` adds keys
+/// to the table's section, such as `kind = "global"`.
+pub fn counter_app(app_id: &str, settings: &str, table_settings: &str) -> String {
+    format!(
+        "app_id = {app_id:?}\n{settings}\n[[agents]]\nname = \"counter\"\ncomponent = {:?}\n\
+         sources = [\"events\"]\ntables = [\"counts\"]\n[[tables]]\nname = \"counts\"\n{table_settings}\n",
+        plugin("counter").display().to_string()
+    )
+}
+
 /// How long [`Harness::run_to_end`] waits for a run to consume its sources.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tablehost::feed::{feed, FeedOptions};
 use tablehost::worker::{run, RunOptions, Shutdown};
-use tablehost_tests::{plugin, Harness};
+use tablehost_tests::{counter_app, Harness};
 
 #[test]
 fn long_commit_interval_does_not_stall_loader() {
@@ -15,20 +15,7 @@ fn long_commit_interval_does_not_stall_loader() {
     // With commits only every ten minutes, the loader would wait for room
     // until it gave up, unless the worker commits early when its backlog
     // nears the retained window.
-    let config = harness.config(&format!(
-        r#"
-        app_id = "paced"
-        commit_interval_ms = 600000
-        [[agents]]
-        name = "counter"
-        component = {:?}
-        sources = ["events"]
-        tables = ["counts"]
-        [[tables]]
-        name = "counts"
-        "#,
-        plugin("counter").display().to_string()
-    ));
+    let config = harness.config(&counter_app("paced", "commit_interval_ms = 600000", ""));
 
     // About 9 MB for one partition, almost twice what the cluster retains.
     let input = harness.dir.path().join("events.jsonl");

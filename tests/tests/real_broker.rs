@@ -4,27 +4,19 @@
 //! deleted store is rebuilt from the broker's changelog.
 
 use tablehost::store::{RocksStore, Store};
-use tablehost_tests::{plugin, Broker, Harness};
+use tablehost_tests::{counter_app, Broker, Harness};
 
 #[test]
 fn broker_crash_keeps_offsets_and_changelog() {
     let mut broker = Broker::start();
     let harness = Harness::with_brokers(&broker.bootstrap());
-    let config = harness.config(&format!(
-        r#"
-        app_id = "real"
-        brokers = "{}"
-        commit_interval_ms = 600000
-        [[agents]]
-        name = "counter"
-        component = {:?}
-        sources = ["events"]
-        tables = ["counts"]
-        [[tables]]
-        name = "counts"
-        "#,
-        broker.bootstrap(),
-        plugin("counter").display().to_string()
+    let config = harness.config(&counter_app(
+        "real",
+        &format!(
+            "brokers = {:?}\ncommit_interval_ms = 600000",
+            broker.bootstrap()
+        ),
+        "",
     ));
     harness.topic("events", 2);
 
@@ -69,21 +61,10 @@ fn broker_crash_keeps_offsets_and_changelog() {
 }
 
 fn counter_config(harness: &Harness, broker: &Broker, extra: &str) -> tablehost::config::Config {
-    harness.config(&format!(
-        r#"
-        app_id = "ahead"
-        brokers = "{}"
-        {extra}
-        [[agents]]
-        name = "counter"
-        component = {:?}
-        sources = ["events"]
-        tables = ["counts"]
-        [[tables]]
-        name = "counts"
-        "#,
-        broker.bootstrap(),
-        plugin("counter").display().to_string()
+    harness.config(&counter_app(
+        "ahead",
+        &format!("brokers = {:?}\n{extra}", broker.bootstrap()),
+        "",
     ))
 }
 

@@ -7,24 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tablehost::worker::{run, RunOptions, Shutdown};
-use tablehost_tests::{plugin, Harness, TestRecord};
+use tablehost_tests::{counter_app, Harness, TestRecord};
 
 const CHANGELOG: &str = "counting-counts-changelog";
 
 fn config(harness: &Harness, commit_interval_ms: u64) -> tablehost::config::Config {
-    harness.config(&format!(
-        r#"
-        app_id = "counting"
-        commit_interval_ms = {commit_interval_ms}
-        [[agents]]
-        name = "counter"
-        component = {:?}
-        sources = ["events"]
-        tables = ["counts"]
-        [[tables]]
-        name = "counts"
-        "#,
-        plugin("counter").display().to_string()
+    harness.config(&counter_app(
+        "counting",
+        &format!("commit_interval_ms = {commit_interval_ms}"),
+        "",
     ))
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tablehost::config::Config;
 use tablehost::kafka::producer::TrackedProducer;
 use tablehost::recovery::RecoveryReport;
-use tablehost_tests::{plugin, Broker, Harness, RUN_TIMEOUT};
+use tablehost_tests::{counter_app, Broker, Harness, RUN_TIMEOUT};
 
 const PARTITIONS: i32 = 4;
 const KEYS: usize = 200;
@@ -17,20 +17,10 @@ const KEYS: usize = 200;
 fn worker_config(harness: &Harness, worker: &str, standbys: u32) -> Config {
     harness.worker_config(
         worker,
-        &format!(
-            r#"
-            app_id = "standby"
-            commit_interval_ms = 200
-            standby_replicas = {standbys}
-            [[agents]]
-            name = "counter"
-            component = {:?}
-            sources = ["events"]
-            tables = ["counts"]
-            [[tables]]
-            name = "counts"
-            "#,
-            plugin("counter").display().to_string()
+        &counter_app(
+            "standby",
+            &format!("commit_interval_ms = 200\nstandby_replicas = {standbys}"),
+            "",
         ),
     )
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use tablehost::config::{Config, WindowConfig, WindowKind};
 use tablehost::table::window::{Window, WindowSpec, STREAM_TIME_KEY};
-use tablehost_tests::{plugin, Harness, TestRecord};
+use tablehost_tests::{counter_app, plugin, Harness, TestRecord};
 
 fn config(harness: &Harness, window: &str, batch_size: usize) -> Config {
     harness.config(&format!(
@@ -246,21 +246,10 @@ fn tumbling_windows_close_once_across_recovery() {
 #[test]
 fn windowed_table_opened_as_table_is_refused() {
     let harness = Harness::new();
-    let config = harness.config(&format!(
-        r#"
-        app_id = "kinds"
-        [[agents]]
-        name = "counter"
-        component = {:?}
-        sources = ["events"]
-        tables = ["counts"]
-        [[tables]]
-        name = "counts"
-        [tables.window]
-        type = "tumbling"
-        size_ms = 1000
-        "#,
-        plugin("counter").display().to_string()
+    let config = harness.config(&counter_app(
+        "kinds",
+        "",
+        "[tables.window]\ntype = \"tumbling\"\nsize_ms = 1000",
     ));
     harness.topic("events", 1);
     harness.produce("events", &[(0, Some(b"k"), Some(b"1"))]);

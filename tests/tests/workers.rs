@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tablehost::config::Config;
 use tablehost::kafka::producer::TrackedProducer;
-use tablehost_tests::{plugin, Broker, Harness, Worker, RUN_TIMEOUT};
+use tablehost_tests::{counter_app, Broker, Harness, Worker, RUN_TIMEOUT};
 
 const PARTITIONS: u32 = 8;
 const KEYS: usize = 400;
@@ -14,20 +14,7 @@ const KEYS: usize = 400;
 fn worker_config(harness: &Harness, worker: &str) -> Config {
     harness.worker_config(
         worker,
-        &format!(
-            r#"
-            app_id = "workers"
-            commit_interval_ms = 200
-            [[agents]]
-            name = "counter"
-            component = {:?}
-            sources = ["events"]
-            tables = ["counts"]
-            [[tables]]
-            name = "counts"
-            "#,
-            plugin("counter").display().to_string()
-        ),
+        &counter_app("workers", "commit_interval_ms = 200", ""),
     )
 }
 

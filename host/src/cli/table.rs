@@ -5,8 +5,13 @@
 //! or value that is valid UTF-8 is shown as a string, except that a value
 //! which is itself JSON is embedded as JSON; other bytes are shown as
 //! `{"hex": "..."}`.
+//!
+//! A windowed table shows each entry with its table key and its window,
+//! `{"key": ..., "window": {"start": ms, "end": ms}, "value": ..., "partition": n}`,
+//! and each partition's stream time as `{"stream_time": ms, "partition": n}`.
 
 use std::io::Write;
+use std::ops::Bound;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -16,6 +21,7 @@ use serde_json::{json, Value};
 use crate::config::{Config, StoreKind};
 use crate::manager::table_dir;
 use crate::store::{RocksStore, Store};
+use crate::table::window::{WindowSpec, STREAM_TIME_KEY};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum TableCommand {
@@ -27,7 +33,8 @@ pub(crate) enum TableCommand {
         /// The table name.
         table: String,
     },
-    /// Print the entry of one key (UTF-8) in every partition that contains it.
+    /// Print the entry of one key (UTF-8) in every partition that contains
+    /// it; for a windowed table, every window of the key.
     Get {
         /// The application config.
         #[arg(long, short)]
@@ -44,21 +51,44 @@ pub(super) fn table(command: TableCommand) -> anyhow::Result<()> {
     let mut out = std::io::BufWriter::new(stdout.lock());
     match command {
         TableCommand::Dump { config, table } => {
-            let store = open(&config, &table)?;
+            let (store, windows) = open(&config, &table)?;
             for partition in store.partitions()? {
                 for entry in store.iter(partition)? {
                     let (key, value) = entry?;
-                    writeln!(out, "{}", render(&key, &value, partition))?;
+                    let line = match &windows {
+                        Some(spec) => render_windowed(spec, &key, &value, partition),
+                        None => render(&key, &value, partition),
+                    };
+                    writeln!(out, "{line}")?;
                 }
             }
         }
         TableCommand::Get { config, table, key } => {
-            let store = open(&config, &table)?;
+            let (store, windows) = open(&config, &table)?;
             let mut found = false;
             for partition in store.partitions()? {
-                if let Some(value) = store.get(partition, key.as_bytes())? {
-                    writeln!(out, "{}", render(key.as_bytes(), &value, partition))?;
-                    found = true;
+                match &windows {
+                    Some(spec) => {
+                        let prefix = WindowSpec::key_prefix(key.as_bytes());
+                        for entry in store.range(
+                            partition,
+                            Bound::Included(prefix.as_slice()),
+                            Bound::Unbounded,
+                        )? {
+                            let (stored, value) = entry?;
+                            if !stored.starts_with(&prefix) {
+                                break;
+                            }
+                            writeln!(out, "{}", render_windowed(spec, &stored, &value, partition))?;
+                            found = true;
+                        }
+                    }
+                    None => {
+                        if let Some(value) = store.get(partition, key.as_bytes())? {
+                            writeln!(out, "{}", render(key.as_bytes(), &value, partition))?;
+                            found = true;
+                        }
+                    }
                 }
             }
             if !found {
@@ -70,7 +100,11 @@ pub(super) fn table(command: TableCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open(config_path: &std::path::Path, table: &str) -> anyhow::Result<RocksStore> {
+/// Opens a table's store, with the table's window spec when it is windowed.
+fn open(
+    config_path: &std::path::Path,
+    table: &str,
+) -> anyhow::Result<(RocksStore, Option<WindowSpec>)> {
     let config = Config::load(config_path)?;
     let Some(table_config) = config.tables.iter().find(|t| t.name == table) else {
         let names: Vec<_> = config.tables.iter().map(|t| t.name.as_str()).collect();
@@ -93,8 +127,33 @@ fn open(config_path: &std::path::Path, table: &str) -> anyhow::Result<RocksStore
             dir.display()
         );
     }
-    RocksStore::open(table, &dir, &table_config.rocksdb)
-        .with_context(|| format!("table {table}: stop the application before reading its state"))
+    let store = RocksStore::open(table, &dir, &table_config.rocksdb)
+        .with_context(|| format!("table {table}: stop the application before reading its state"))?;
+    Ok((store, table_config.window.as_ref().map(WindowSpec::new)))
+}
+
+/// Renders one entry of a windowed table: its table key and window, or
+/// the partition's stream time.
+pub(crate) fn render_windowed(
+    spec: &WindowSpec,
+    stored: &[u8],
+    value: &[u8],
+    partition: u32,
+) -> Value {
+    if stored == STREAM_TIME_KEY {
+        if let Ok(bytes) = <[u8; 8]>::try_from(value) {
+            return json!({ "stream_time": i64::from_be_bytes(bytes), "partition": partition });
+        }
+    }
+    match spec.parse_store_key(stored) {
+        Some((key, window)) => json!({
+            "key": render_bytes(&key, false),
+            "window": { "start": window.start, "end": window.end },
+            "value": render_bytes(value, true),
+            "partition": partition,
+        }),
+        None => render(stored, value, partition),
+    }
 }
 
 /// Renders one entry as a JSON object.
@@ -131,6 +190,26 @@ mod tests {
         assert_eq!(
             render(b"", b"", 1).to_string(),
             r#"{"key":"","partition":1,"value":""}"#
+        );
+    }
+
+    #[test]
+    fn render_windowed_shows_key_window_and_stream_time() {
+        let spec = WindowSpec::new(&crate::config::WindowConfig {
+            kind: crate::config::WindowKind::Tumbling,
+            size_ms: 60_000,
+            step_ms: None,
+            expires_ms: 0,
+            time_field: None,
+        });
+        let stored = WindowSpec::store_key(b"home", 120_000);
+        assert_eq!(
+            render_windowed(&spec, &stored, b"3", 0).to_string(),
+            r#"{"key":"home","partition":0,"value":3,"window":{"end":180000,"start":120000}}"#
+        );
+        assert_eq!(
+            render_windowed(&spec, STREAM_TIME_KEY, &125_000i64.to_be_bytes(), 1).to_string(),
+            r#"{"partition":1,"stream_time":125000}"#
         );
     }
 }

@@ -225,13 +225,10 @@ impl Table {
         all.sort_by(|a, b| a.0.cmp(&b.0));
         let mut bytes = 0;
         let mut out = Vec::new();
-        for (key, value) in all.into_iter().take(limit) {
-            let size = key.len() + value.len();
-            if !out.is_empty() && bytes + size > max_bytes {
+        for entry in all.into_iter().take(limit) {
+            if !push_within(&mut out, &mut bytes, entry, max_bytes) {
                 break;
             }
-            bytes += size;
-            out.push((key, value));
         }
         Ok(out)
     }
@@ -302,12 +299,9 @@ impl Table {
                 (None, Some(_)) => pending.next().expect("peeked"),
             };
             let Some(value) = value else { continue };
-            let size = key.len() + value.len();
-            if !out.is_empty() && bytes + size > max_bytes {
+            if !push_within(&mut out, &mut bytes, (key, value), max_bytes) {
                 break;
             }
-            bytes += size;
-            out.push((key, value));
         }
         Ok(out)
     }
@@ -486,6 +480,19 @@ impl Table {
             .unwrap_or_else(|p| p.into_inner())
             .contains(&partition)
     }
+}
+
+/// Appends `entry` to `out` and adds its size to `bytes`, unless that would
+/// take `bytes` past `max_bytes`. The first entry is always appended, so a
+/// scan makes progress. Returns whether the entry was appended.
+fn push_within(out: &mut Vec<Entry>, bytes: &mut usize, entry: Entry, max_bytes: usize) -> bool {
+    let size = entry.0.len() + entry.1.len();
+    if !out.is_empty() && *bytes + size > max_bytes {
+        return false;
+    }
+    *bytes += size;
+    out.push(entry);
+    true
 }
 
 #[cfg(test)]

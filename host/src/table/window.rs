@@ -15,6 +15,10 @@
 
 use crate::config::{WindowConfig, WindowKind};
 
+/// The largest event time accepted, in milliseconds either side of the
+/// epoch: far inside `i64`, so window arithmetic never overflows.
+pub const MAX_EVENT_TIME: i64 = 1 << 53;
+
 /// The store key of a partition's stream time.
 pub const STREAM_TIME_KEY: &[u8] = &[0xff, 0xff, 0xff, 0xff];
 
@@ -84,7 +88,9 @@ impl WindowSpec {
     pub fn window_at(&self, time: i64) -> Window {
         let start = match self.kind {
             WindowKind::Sliding => time.saturating_sub(self.size - 1),
-            WindowKind::Tumbling | WindowKind::Hopping => time - time.rem_euclid(self.step),
+            WindowKind::Tumbling | WindowKind::Hopping => {
+                time.saturating_sub(time.rem_euclid(self.step))
+            }
         };
         Window {
             start,
@@ -116,6 +122,21 @@ impl WindowSpec {
     ///
     /// Returns what is missing or malformed, for the guest and the log.
     pub fn event_time(
+        &self,
+        timestamp_ms: Option<i64>,
+        value: Option<&[u8]>,
+    ) -> Result<i64, String> {
+        let time = self.raw_event_time(timestamp_ms, value)?;
+        if !(-MAX_EVENT_TIME..=MAX_EVENT_TIME).contains(&time) {
+            return Err(format!(
+                "the event time {time} is outside the supported range of ±{MAX_EVENT_TIME} ms \
+                 (about ±285,000 years) around the Unix epoch"
+            ));
+        }
+        Ok(time)
+    }
+
+    fn raw_event_time(
         &self,
         timestamp_ms: Option<i64>,
         value: Option<&[u8]>,
@@ -277,6 +298,9 @@ mod tests {
         assert_eq!(tumbling.windows_covering(10), vec![w(10, 20)]);
         assert_eq!(tumbling.windows_covering(-1), vec![w(-10, 0)]);
         assert_eq!(tumbling.window_at(25), w(20, 30));
+        // A guest may ask for any time; the extremes saturate, not panic.
+        assert_eq!(tumbling.window_at(i64::MIN).start, i64::MIN);
+        assert_eq!(tumbling.windows_covering(i64::MAX).len(), 1);
     }
 
     #[test]
@@ -376,6 +400,10 @@ mod tests {
         assert_eq!(
             by_field.event_time(None, Some(br#"{"ts": "2001-13-01 00:00:00"}"#)),
             Err("field \"ts\" is \"2001-13-01 00:00:00\", not a time of the form \"YYYY-MM-DD HH:MM:SS\" (UTC, optional fraction, 'T' or space) or an integer of milliseconds".into())
+        );
+        assert_eq!(
+            by_field.event_time(None, Some(br#"{"ts": -9223372036854775000}"#)),
+            Err("the event time -9223372036854775000 is outside the supported range of ±9007199254740992 ms (about ±285,000 years) around the Unix epoch".into())
         );
         assert_eq!(
             by_field.event_time(Some(7), Some(br#"{"at": 1}"#)),
