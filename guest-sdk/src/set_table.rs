@@ -208,13 +208,13 @@ impl<K: ?Sized, M: ?Sized> SetTable<K, M> {
         N: Key + ?Sized + 'a,
     {
         let encoded = key.encode_key();
-        let kept: std::collections::BTreeSet<Vec<u8>> = members
+        let retained: std::collections::BTreeSet<Vec<u8>> = members
             .into_iter()
             .map(|m| m.encode_key().into_owned())
             .collect();
         let mut removed = 0;
         for member in self.members_of_encoded(&encoded)? {
-            if !kept.contains(&member) {
+            if !retained.contains(&member) {
                 self.table
                     .delete(member_key(&encoded, &member).as_slice())?;
                 removed += 1;
