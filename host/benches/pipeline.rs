@@ -14,9 +14,9 @@
 //!   tumbling windows of the flight's date;
 //! - `recovery`: changelog records per second replayed into RocksDB, 5
 //!   million records over 256 partitions;
-//! - `failover`: two workers share a source until one stops; the time until
-//!   the other handles an event of a partition it took over, and the part
-//!   of it spent replaying changelogs, without and with a standby replica;
+//! - `failover`: two workers share a source until one stops. It prints the
+//!   time until the other handles an event of a partition it took over, and
+//!   the changelog records it replayed, without and with a standby replica;
 //! - `wasm`: the cost of one component call and of one event handled by
 //!   flight-delays, without Kafka;
 //! - `table`: the cost of one write into a table's write cache and of one
@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agents section of the `e2e` run.
+/// Returns the agents section of the `e2e` run.
 fn flight_delays_config(component: &Path) -> String {
     format!(
         "[[agents]]\nname = \"flight-delays\"\ncomponent = {:?}\n\
@@ -103,7 +103,7 @@ fn flight_delays_config(component: &Path) -> String {
     )
 }
 
-/// The agents section of the `windowed` run: flights per origin (the
+/// Returns the agents section of the `windowed` run: flights per origin (the
 /// record key) per hour of the flight's date.
 fn windowed_config(component: &Path) -> String {
     format!(

@@ -11,8 +11,8 @@
 //! The last record a commit writes to a partition carries, in headers named
 //! [`POSITION_HEADER`], the source positions the partition's state reflects
 //! (`<topic>:<next offset>`). The newest record of a partition is never
-//! compacted away, so the newest positions survive, and whoever recovers
-//! the partition knows which source records its state already contains,
+//! compacted away, so the newest positions survive, and the worker that
+//! recovers the partition knows which source records its state already contains,
 //! even when the source offsets were never committed.
 
 use anyhow::bail;

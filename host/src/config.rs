@@ -150,7 +150,7 @@ pub struct TableConfig {
     /// RocksDB tuning, used when `store = "rocksdb"`.
     #[serde(default)]
     pub rocksdb: RocksOptions,
-    /// Whether each worker holds its own partitions (`table`, the default)
+    /// Whether each worker has only its own partitions (`table`, the default)
     /// or every partition (`global`).
     #[serde(default)]
     pub kind: TableKindConfig,
@@ -163,11 +163,11 @@ pub struct TableConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TableKindConfig {
-    /// Partitioned like the source topic: a worker holds the partitions it
+    /// Partitioned like the source topic: a worker owns the partitions it
     /// is assigned.
     #[default]
     Table,
-    /// Every worker holds every partition and follows the changelog, so
+    /// Every worker has every partition and follows the changelog, so
     /// reads see every key. A key lives in the partition its murmur2 hash
     /// chooses, whichever source partition wrote it.
     Global,

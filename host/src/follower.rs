@@ -3,10 +3,10 @@
 //!
 //! A [`Follower`] owns one consumer assigned to a set of changelog
 //! partitions, each starting at the offset its store has applied up to. The
-//! worker calls [`Follower::poll`] on every turn of its loop; each call
-//! applies whatever has arrived to the stores, chunk by chunk, together
-//! with the next offset, so a crash never leaves a store claiming records
-//! it lacks.
+//! worker calls [`Follower::poll`] on every turn of its loop. Each call
+//! applies what has arrived to the stores, chunk by chunk, together with
+//! the next offset, so a crash never leaves a store claiming records it
+//! lacks.
 //!
 //! Global tables use it for every partition: each worker reads the whole
 //! changelog, including its own writes. A worker never applies its own
@@ -130,9 +130,14 @@ impl Follower {
     /// Returns the followed partitions with the next offset of each.
     pub fn positions(&self) -> Vec<(Arc<Table>, Partition, i64)> {
         self.followed
-            .values()
-            .zip(self.followed.keys())
-            .map(|(f, (_, p))| (f.table.clone(), *p as Partition, f.next))
+            .iter()
+            .map(|((_, partition), followed)| {
+                (
+                    followed.table.clone(),
+                    *partition as Partition,
+                    followed.next,
+                )
+            })
             .collect()
     }
 
@@ -161,9 +166,9 @@ impl Follower {
             return Ok(0);
         }
         let mut chunks: HashMap<(String, i32), Chunk> = HashMap::new();
-        let mut taken = 0;
+        let mut applied = 0;
         let mut timeout = wait;
-        while taken < MAX_RECORDS_PER_POLL {
+        while applied < MAX_RECORDS_PER_POLL {
             let message = match self.consumer.poll(timeout) {
                 None => break,
                 Some(Ok(message)) => message,
@@ -193,7 +198,7 @@ impl Follower {
                 changelog::positions_from_headers(&message),
             );
             chunk.next = message.offset() + 1;
-            taken += 1;
+            applied += 1;
         }
         for (key, chunk) in chunks {
             let followed = self
@@ -208,7 +213,7 @@ impl Follower {
             )?;
             followed.next = chunk.next;
         }
-        Ok(taken as u64)
+        Ok(applied as u64)
     }
 
     /// Applies records until every `(table, partition, offset)` target has

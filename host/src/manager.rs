@@ -76,6 +76,8 @@ pub struct TableManager {
     follower: std::sync::Mutex<Option<Follower>>,
     /// How many partitions after each owned one to keep as standbys.
     standby_replicas: u32,
+    /// The partition count of each source topic.
+    source_partitions: HashMap<String, u32>,
 }
 
 impl TableManager {
@@ -173,6 +175,7 @@ impl TableManager {
             store_ahead: config.recovery.store_ahead,
             follower: Default::default(),
             standby_replicas: config.standby_replicas,
+            source_partitions: source_partitions.clone(),
         })
     }
 
@@ -217,7 +220,7 @@ impl TableManager {
                 .filter(|(t, _)| t == topic)
                 .map(|(_, p)| *p)
                 .collect();
-            let Some(partitions) = kafka.partition_count(topic)? else {
+            let Some(&partitions) = self.source_partitions.get(topic) else {
                 continue;
             };
             for table in tables {
@@ -424,8 +427,8 @@ impl TableManager {
     /// A table records the position with each commit that writes to it.
     /// When the partition feeds one table, that position is exact. When it
     /// feeds several, a table without writes in recent commits records an
-    /// older position, and a crash halfway through a commit can leave one
-    /// table's changelog ahead of another's; the changelogs alone cannot
+    /// older position. A crash halfway through a commit can also leave one
+    /// table's changelog ahead of another's, and the changelogs alone cannot
     /// distinguish the two cases. The smallest position is then returned,
     /// and `None` when some table records none, so that no table misses an
     /// event: events may be handled twice, as without positions.
@@ -470,8 +473,8 @@ impl TableManager {
     ///
     /// `positions` contains the next source offset to handle per source topic
     /// and partition. The changelog records and the stores of plain and
-    /// windowed tables record them, so whoever recovers a partition knows
-    /// which events its state already reflects (see
+    /// windowed tables record them, so the worker that recovers a partition
+    /// knows which events its state already reflects (see
     /// [`TableManager::source_position`]).
     pub fn flush(
         &self,

@@ -288,7 +288,7 @@ impl ChangelogReader {
     }
 }
 
-/// Where recovery of one partition starts.
+/// The offset at which recovery of one partition starts, or why there is none.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// At this offset.
@@ -300,7 +300,7 @@ pub enum Start {
     /// offset (the payload) lies past the changelog's end.
     Rebuild(i64),
     /// Nowhere: the store is ahead of the changelog (persisted offset in
-    /// the payload) and the config asks to fail.
+    /// the payload) and `recovery.store_ahead` is `fail`.
     Ahead(i64),
     /// Nowhere: the embedded cluster dropped records the store needs.
     Lost,
@@ -312,9 +312,9 @@ pub enum Start {
 /// A low watermark above the persisted offset means retention removed the
 /// head, and replay starts at the low watermark with a warning, as Faust
 /// does. A store that has never been written is rebuilt from the low
-/// watermark too, except on the embedded cluster: it drops records only
-/// when it runs out of room, so a rebuild from what is left would look
-/// complete and be wrong. The embedded cluster also starts empty in every
+/// watermark too, except on the embedded cluster. That cluster drops
+/// records only when it runs out of room, so a rebuild from what is left
+/// would look complete and be wrong. The embedded cluster also starts empty in every
 /// process, so a store ahead of it is always rebuilt.
 pub fn start_offset(
     persisted: Option<i64>,

@@ -689,10 +689,7 @@ impl Processor {
     /// Computes the event times of `events` for each windowed table that
     /// follows `topic`, with the stream time after each event.
     fn batch_times(&self, topic: &str, partition: Partition, events: &[Event]) -> BatchTimes {
-        let mut batch = BatchTimes {
-            offsets: events.iter().map(|e| e.offset).collect(),
-            tables: HashMap::new(),
-        };
+        let mut batch = BatchTimes::default();
         for table in self.manager.tables_of_source(topic) {
             let Some(spec) = table.window_spec() else {
                 continue;
@@ -709,6 +706,10 @@ impl Processor {
             }
             batch.tables.insert(table.name().to_owned(), times);
         }
+        // Only windowed tables look events up by offset.
+        if !batch.tables.is_empty() {
+            batch.offsets = events.iter().map(|e| e.offset).collect();
+        }
         batch
     }
 
@@ -723,6 +724,9 @@ impl Processor {
         times: &BatchTimes,
         agent_indexes: &[usize],
     ) -> anyhow::Result<()> {
+        if times.tables.is_empty() {
+            return Ok(());
+        }
         let tables: Vec<Arc<Table>> = self.manager.tables_of_source(topic).to_vec();
         for table in tables {
             let Some(stream_time) = times

@@ -141,21 +141,29 @@ impl Harness {
         }
     }
 
-    /// Returns the offsets group `group` has committed for each partition
-    /// of `topic`; a partition without a commit is 0.
-    pub fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
-        let partitions = self
-            .kafka
+    /// Returns the partition count of `topic`, which must exist.
+    fn partitions(&self, topic: &str) -> u32 {
+        self.kafka
             .partition_count(topic)
             .expect("metadata")
-            .expect("topic exists");
-        let consumer: BaseConsumer = self
-            .kafka
+            .expect("topic exists")
+    }
+
+    /// Creates a consumer in group `group` that never commits by itself.
+    fn reader(&self, group: &str) -> BaseConsumer {
+        self.kafka
             .client_config()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
-            .expect("consumer");
+            .expect("consumer")
+    }
+
+    /// Returns the offsets group `group` has committed for each partition
+    /// of `topic`; a partition without a commit is 0.
+    pub fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
+        let partitions = self.partitions(topic);
+        let consumer = self.reader(group);
         let mut list = TopicPartitionList::new();
         for partition in 0..partitions {
             list.add_partition(topic, partition as i32);
@@ -183,11 +191,7 @@ impl Harness {
     ///
     /// Panics when that takes longer than [`RUN_TIMEOUT`].
     pub fn wait_committed_to_end(&self, group: &str, topic: &str) {
-        let partitions = self
-            .kafka
-            .partition_count(topic)
-            .expect("metadata")
-            .expect("topic exists");
+        let partitions = self.partitions(topic);
         let ends: Vec<i64> = (0..partitions)
             .map(|p| self.kafka.watermarks(topic, p).expect("watermarks").1)
             .collect();
@@ -282,18 +286,8 @@ impl Harness {
 
     /// Reads every record of `topic`, partition by partition.
     pub fn records(&self, topic: &str) -> Vec<Record> {
-        let partitions = self
-            .kafka
-            .partition_count(topic)
-            .expect("metadata")
-            .expect("topic exists");
-        let consumer: BaseConsumer = self
-            .kafka
-            .client_config()
-            .set("group.id", "test-reader")
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("consumer");
+        let partitions = self.partitions(topic);
+        let consumer = self.reader("test-reader");
         let mut out = Vec::new();
         for partition in 0..partitions {
             let (low, high) = self.kafka.watermarks(topic, partition).expect("watermarks");

@@ -291,8 +291,8 @@ fn changelog_with_dropped_head(harness: &Harness) -> (tablehost::table::Table, i
     (table, low, high)
 }
 
-/// A changelog whose low watermark is above zero: a new store gets an
-/// error that names the offset, a store whose persisted offset is below the
+/// A changelog whose low watermark is above zero. A new store gets an
+/// error that names the offset. A store whose persisted offset is below the
 /// low watermark replays from the low watermark, and a store past it
 /// replays exactly the rest.
 #[test]

@@ -85,10 +85,10 @@ fn produce_times(harness: &Harness, partition: i32, key: &[u8], times: &[i64]) {
 
 const HOPPING: &str = "type = \"hopping\"\nsize_ms = 10000\nstep_ms = 5000";
 
-/// Hopping windows of 10 s every 5 s, fed one event every 2 s: a window
+/// Hopping windows of 10 s every 5 s, fed one event every 2 s. A window
 /// contains the events from its start up to, not including, its end, so
-/// none counts more than 5, whether events arrive in one batch or one by
-/// one.
+/// none counts more than 5. The result is the same whether events arrive
+/// in one batch or one by one.
 #[test]
 fn hopping_windows_count_at_most_five_events() {
     let spec = WindowSpec::new(&WindowConfig {

@@ -16,7 +16,7 @@
 //! # Kinds
 //!
 //! - A plain table keeps the state of source partition `p` in table
-//!   partition `p`; a worker holds the partitions it is assigned.
+//!   partition `p`; a worker owns the partitions it is assigned.
 //! - A global table keeps each key in the partition that Kafka's murmur2
 //!   partitioner chooses for it, whichever source partition wrote it, and
 //!   every worker holds every partition (see [`crate::follower`]).
@@ -36,7 +36,7 @@ use window::{Window, WindowSpec, STREAM_TIME_KEY};
 
 type Dirty = HashMap<Partition, HashMap<Vec<u8>, Option<Vec<u8>>>>;
 
-/// What kind of table a [`Table`] is.
+/// The kind of a [`Table`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableKind {
     /// Partitioned like the source topic.
@@ -140,7 +140,7 @@ impl Table {
         }
     }
 
-    /// Returns the partition that holds `key` when it is written while
+    /// Returns the partition that contains `key` when it is written while
     /// handling an event of source partition `partition`: the same
     /// partition, except in a global table, where the key's hash decides.
     pub fn home(&self, partition: Partition, key: &[u8]) -> Partition {
@@ -211,8 +211,8 @@ impl Table {
             return self.scan_partition(partition, start, end, newer, limit, max_bytes);
         };
         // Every key lives in one partition, so the partitions' entries are
-        // disjoint; merging them and cutting to the limits gives the scan
-        // of the whole table.
+        // disjoint. Merging them and cutting to the limits gives the scan of
+        // the whole table.
         let mut all = Vec::new();
         for home in 0..partitions {
             let newer: BTreeMap<Vec<u8>, Option<Vec<u8>>> = newer

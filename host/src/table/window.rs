@@ -16,7 +16,8 @@
 use crate::config::{WindowConfig, WindowKind};
 
 /// The largest event time accepted, in milliseconds either side of the
-/// epoch: far inside `i64`, so window arithmetic never overflows.
+/// epoch. Event times beyond it are rejected, so window arithmetic on them
+/// stays far inside `i64`; times a guest passes in saturate instead.
 pub const MAX_EVENT_TIME: i64 = 1 << 53;
 
 /// The store key of a partition's stream time.
@@ -315,7 +316,7 @@ mod tests {
             vec![w(-5_000, 5_000), w(0, 10_000)]
         );
         assert_eq!(hopping.window_at(12_000), w(10_000, 20_000));
-        // Events every 2 s: window [0, 10 s) holds 0, 2, 4, 6 and 8 s.
+        // Events every 2 s: window [0, 10 s) contains 0, 2, 4, 6 and 8 s.
         let in_first = (0..20)
             .map(|i| i * 2_000)
             .filter(|t| hopping.windows_covering(*t).contains(&w(0, 10_000)))

@@ -11,11 +11,12 @@
 //! A record whose key is `report:` followed by a key is not counted. The
 //! agent instead sends one record to `window-reports`, keyed by that key,
 //! whose value is the JSON object
-//! `{"key":"<key>","time":<ms>,"current":<n>,"delta":<n>,"now":<n>,"range":[[<start>,<end>,<n>],...]}`:
-//! the report's event time, the key's count in the window of that time, in
-//! the window 10 s earlier and in the window of the wall-clock time (`null`
-//! where there is none), and every window of the key that starts in the
-//! minute up to the event time.
+//! `{"key":"<key>","time":<ms>,"current":<n>,"delta":<n>,"now":<n>,"range":[[<start>,<end>,<n>],...]}`.
+//! `time` is the report's event time. `current`, `delta` and `now` are the
+//! key's counts in the window of that time, in the window 10 s earlier and
+//! in the window of the wall-clock time, or `null` where there is none.
+//! `range` lists every window of the key that starts in the minute up to
+//! the event time.
 //!
 //! When a window closes, the agent sends one record to `window-closes`,
 //! keyed by the table key, whose value is the JSON object
@@ -40,7 +41,7 @@ const CLOSES_TOPIC: &str = "window-closes";
 /// The output topic that receives the reports.
 const REPORTS_TOPIC: &str = "window-reports";
 
-/// The key prefix of a record that asks for a report.
+/// The key prefix of a record that requests a report.
 const REPORT_PREFIX: &[u8] = b"report:";
 
 struct WindowedCounter;
