@@ -54,6 +54,38 @@ pub struct Config {
     /// round-robin assignor unless `[kafka]` sets one.
     #[serde(default)]
     pub standby_replicas: u32,
+    /// The `[admin]` section: with it, `tablehost serve` accepts agents
+    /// uploaded through the admin API, and `[[agents]]` may be empty.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// The `[admin]` section: the admin API of `tablehost serve`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The address the API listens on. Default `127.0.0.1:7070`.
+    pub listen: String,
+    /// SHA-256 (hex) of the administrator's token. The environment
+    /// variable `TABLEHOST_ADMIN_TOKEN`, holding the token itself, takes
+    /// precedence.
+    pub token_sha256: Option<String>,
+    /// The largest component a tenant may upload, in MiB. Default 64.
+    pub max_component_mib: u64,
+    /// Partitions of a tenant's source topic that does not exist yet when
+    /// its agent is deployed. Default 4.
+    pub default_partitions: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7070".into(),
+            token_sha256: None,
+            max_component_mib: 64,
+            default_partitions: 4,
+        }
+    }
 }
 
 /// The `[recovery]` section.
@@ -109,10 +141,60 @@ pub struct AgentConfig {
     /// Resource limits of the agent's instances.
     #[serde(default)]
     pub limits: Limits,
+    /// What a new version of the agent must get through after a swap.
+    #[serde(default)]
+    pub rollout: Rollout,
+    /// The WASI capabilities the agent gets beyond the minimum.
+    #[serde(default)]
+    pub wasi: WasiGrants,
+    /// The tenant that owns the agent, for agents deployed through the
+    /// admin API. Its tables and topics are named `<tenant>.<name>` in
+    /// Kafka and in the store, and the agent itself uses the bare names.
+    #[serde(skip)]
+    pub tenant: Option<String>,
+}
+
+/// WASI capabilities an agent may be granted. Without a grant an agent
+/// sees no files, network, environment or arguments, and its clocks
+/// stand still at zero; its stdout and stderr go to the host's log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WasiGrants {
+    /// Give the agent the real wall clock and monotonic clock.
+    pub clocks: bool,
+}
+
+/// How a new version is put on probation after a swap.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rollout {
+    /// Events the new version handles on probation. While it is on
+    /// probation the previous version stays loaded. Default 1000; 0 turns
+    /// automatic rollback off.
+    pub probation_events: u64,
+    /// The share of probation events that may trap. One trap more rolls
+    /// the agent back to the previous version. Default 0.1.
+    pub max_trap_share: f64,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            probation_events: 1000,
+            max_trap_share: 0.1,
+        }
+    }
+}
+
+impl Rollout {
+    /// Returns the traps allowed on probation.
+    pub(crate) fn trap_budget(&self) -> u64 {
+        (self.max_trap_share * self.probation_events as f64).floor() as u64
+    }
 }
 
 /// Resource limits of one agent instance.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// CPU time an event may take, in milliseconds of wall-clock time spent
@@ -139,7 +221,7 @@ impl Default for Limits {
 }
 
 /// One table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableConfig {
     /// The table name; its changelog topic is `<app_id>-<name>-changelog`.
@@ -160,7 +242,7 @@ pub struct TableConfig {
 }
 
 /// The choices of `tables[].kind`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TableKindConfig {
     /// Partitioned like the source topic: a worker owns the partitions it
@@ -174,7 +256,7 @@ pub enum TableKindConfig {
 }
 
 /// The `[tables.window]` section of a windowed table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
     /// `tumbling`, `hopping` or `sliding`.
@@ -199,7 +281,7 @@ pub struct WindowConfig {
 }
 
 /// The kinds of time window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WindowKind {
     /// Windows of `size_ms` that follow one another without gaps; every
@@ -214,7 +296,7 @@ pub enum WindowKind {
 }
 
 /// The store behind a table.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// In memory; rebuilt from the changelog on every start.
@@ -325,7 +407,7 @@ impl Config {
         format!("{}-{}-dead-letters", self.app_id, agent)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             path: path.to_owned(),
             key,
@@ -359,10 +441,10 @@ impl Config {
                 ));
             }
         }
-        if self.agents.is_empty() {
+        if self.agents.is_empty() && self.admin.is_none() {
             return Err(invalid(
                 "agents".into(),
-                "no agent is configured; add an [[agents]] section".into(),
+                "no agent is configured; add an [[agents]] section, or an [admin] section to deploy agents through the admin API".into(),
             ));
         }
 
@@ -444,7 +526,7 @@ impl Config {
                     ),
                 ));
             }
-            if !agent.component.is_file() {
+            if agent.tenant.is_none() && !agent.component.is_file() {
                 return Err(invalid(key("component"), format!("file {} not found; build the agent (`make plugins`) or fix the path, which is relative to the config file", agent.component.display())));
             }
             if agent.sources.is_empty() {

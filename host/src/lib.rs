@@ -18,10 +18,12 @@
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod agent;
 pub mod changelog;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod feed;
 pub mod follower;
@@ -29,6 +31,8 @@ pub mod kafka;
 pub mod load;
 pub mod manager;
 pub mod recovery;
+pub mod registry;
+pub mod serve;
 pub mod store;
 pub mod table;
 pub mod worker;

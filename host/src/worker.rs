@@ -26,8 +26,12 @@ use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::agent::{Agent, AgentRuntime, BatchOutcome, BatchTimes, Event, Header, TableTimes};
+use crate::agent::{
+    Agent, AgentGrants, AgentRuntime, AgentVersion, BatchOutcome, BatchTimes, Event, Header,
+    TableTimes,
+};
 use crate::config::Config;
+use crate::control::{Command, Control};
 use crate::kafka::embedded::{record_footprint, EARLY_COMMIT_BYTES, EARLY_COMMIT_RECORDS};
 use crate::kafka::partitioner::partition_for_key;
 use crate::kafka::producer::{OutHeader, TrackedProducer};
@@ -60,6 +64,11 @@ impl Shutdown {
         self.0.store(ABORT, Ordering::SeqCst);
     }
 
+    /// Returns whether a stop was requested or forced.
+    pub fn is_requested(&self) -> bool {
+        self.state() != RUNNING
+    }
+
     fn state(&self) -> u8 {
         self.0.load(Ordering::SeqCst)
     }
@@ -85,6 +94,16 @@ pub struct RunOptions {
     /// Updated with the number of events handled after every batch, for
     /// callers that show or wait for progress.
     pub events_handled: Option<Arc<AtomicU64>>,
+    /// Deployment commands, taken between batches, and the notices and
+    /// counters of the agents.
+    pub control: Option<Arc<Control>>,
+    /// The agent runtime to use, so versions prepared outside the worker
+    /// can be swapped in; by default the worker creates its own.
+    pub runtime: Option<Arc<AgentRuntime>>,
+    /// Versions prepared from `runtime` per agent name, used instead of
+    /// the agent's `component` file: agents deployed through the admin API
+    /// have no file.
+    pub prepared: Option<HashMap<String, Arc<AgentVersion>>>,
 }
 
 /// Counters of one run.
@@ -331,7 +350,15 @@ pub fn run(
     }
 
     let manager = TableManager::open(config, &kafka, &source_partitions)?;
-    let runtime = AgentRuntime::new(&state_dir.join("compiled"))?;
+    let runtime = match &options.runtime {
+        Some(runtime) => runtime.clone(),
+        None => Arc::new(AgentRuntime::new(&state_dir.join("compiled"))?),
+    };
+    let stats = options
+        .control
+        .as_ref()
+        .map(|control| control.stats.clone())
+        .unwrap_or_default();
     let mut agents = Vec::new();
     let mut agents_by_topic: HashMap<String, Vec<usize>> = HashMap::new();
     let mut topic_partitions = HashMap::new();
@@ -355,7 +382,18 @@ pub fn run(
             }
         }
         let tables = crate::agent::grants_tables(agent_config, manager.tables());
-        let agent = runtime.load(agent_config, tables)?;
+        let agent = match options
+            .prepared
+            .as_ref()
+            .and_then(|prepared| prepared.get(&agent_config.name))
+        {
+            Some(version) => runtime.agent(
+                AgentGrants::new(agent_config, tables),
+                version.clone(),
+                stats.clone(),
+            ),
+            None => runtime.load_with_stats(agent_config, tables, stats.clone())?,
+        };
         for source in &agent_config.sources {
             agents_by_topic
                 .entry(source.clone())
@@ -500,6 +538,9 @@ fn run_loop(
             bail!("worker: {message}");
         }
 
+        if let Some(control) = &options.control {
+            lock(processor).obey(control);
+        }
         if !batch.is_empty() {
             first_event.get_or_insert_with(Instant::now);
             let mut processor = lock(processor);
@@ -676,6 +717,32 @@ impl Processor {
             self.summary.events += events.len() as u64;
         }
         Ok(())
+    }
+
+    /// Carries out the commands queued in `control` and reports what the
+    /// agents did since the last call.
+    fn obey(&mut self, control: &Control) {
+        for command in control.take_commands() {
+            match command {
+                Command::Swap {
+                    agent,
+                    version,
+                    rollout,
+                    limits,
+                } => match self.agents.iter_mut().find(|a| a.name() == agent) {
+                    Some(target) => target.swap(version, rollout, limits),
+                    None => {
+                        tracing::warn!(agent = %agent, version = version.label(), "worker: swap for an agent this worker does not run; ignored");
+                    }
+                },
+            }
+        }
+        let notices = self
+            .agents
+            .iter_mut()
+            .flat_map(|agent| agent.take_notices())
+            .collect();
+        control.report(notices);
     }
 
     /// Follows the standby partitions that go with the current assignment.

@@ -124,13 +124,19 @@ impl Harness {
     /// Starts a worker on its own thread that runs until stopped with
     /// [`Worker::stop`].
     pub fn start_worker(&self, config: &Config) -> Worker {
+        self.start_worker_with(config, RunOptions::default())
+    }
+
+    /// Like [`Harness::start_worker`], with `options` for the run; their
+    /// progress counter is replaced by the worker's.
+    pub fn start_worker_with(&self, config: &Config, options: RunOptions) -> Worker {
         let shutdown = Arc::new(Shutdown::default());
         let events = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let thread = {
             let (config, kafka, shutdown) = (config.clone(), self.kafka.clone(), shutdown.clone());
             let options = RunOptions {
                 events_handled: Some(events.clone()),
-                ..Default::default()
+                ..options
             };
             std::thread::spawn(move || run(&config, kafka, shutdown, options))
         };

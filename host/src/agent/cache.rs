@@ -9,20 +9,20 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-/// Loads the component at `path`, compiling it only when no compiled copy
-/// is cached in `cache_dir`.
+/// Returns the component in `bytes`, compiling it only when no compiled
+/// copy is cached in `cache_dir`. `name` says where it came from, in logs.
 pub(super) fn load_component(
     engine: &Engine,
-    path: &Path,
+    bytes: &[u8],
+    name: &str,
     cache_dir: &Path,
 ) -> anyhow::Result<Component> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let cached = cached_path(engine, &bytes, cache_dir);
+    let cached = cached_path(engine, bytes, cache_dir);
 
     if cached.is_file() {
         // SAFETY: the file was written by `Component::serialize` of this host
@@ -31,7 +31,7 @@ pub(super) fn load_component(
         // wasmtime also checks the artifact's header before using it.
         match unsafe { Component::deserialize_file(engine, &cached) } {
             Ok(component) => {
-                tracing::debug!(component = %path.display(), cached = %cached.display(), "agent.cache: loaded compiled component");
+                tracing::debug!(component = name, cached = %cached.display(), "agent.cache: loaded compiled component");
                 return Ok(component);
             }
             Err(error) => {
@@ -41,9 +41,13 @@ pub(super) fn load_component(
     }
 
     let started = std::time::Instant::now();
-    let component = Component::new(engine, &bytes)
-        .map_err(|e| anyhow!("{} is not a valid component: {e:?}", path.display()))?;
-    tracing::info!(component = %path.display(), seconds = started.elapsed().as_secs_f64(), "agent.cache: compiled component");
+    let component = Component::new(engine, bytes)
+        .map_err(|e| anyhow!("{name} is not a valid component: {e:?}"))?;
+    tracing::info!(
+        component = name,
+        seconds = started.elapsed().as_secs_f64(),
+        "agent.cache: compiled component"
+    );
 
     // A failure to cache only costs a recompile next time, so it is logged
     // and not returned.

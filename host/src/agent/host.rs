@@ -16,11 +16,10 @@ use std::sync::Arc;
 
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::StoreLimits;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::tablehost::agent::{log, output, tables, types};
-use crate::config::Limits;
+use crate::config::{AgentConfig, Limits, WasiGrants};
 use crate::store::Partition;
 use crate::table::window::{Window, WindowSpec};
 use crate::table::Table;
@@ -80,18 +79,60 @@ pub struct OutputRecord {
 
 /// The agent's declared tables and output topics, fixed for the agent's
 /// life.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AgentGrants {
     /// The agent name, for logs.
     pub name: String,
     /// Declared tables, by position.
     pub tables: Vec<Arc<Table>>,
-    /// Declared table names, mapped to positions in `tables`.
+    /// Declared table names, as the agent uses them, mapped to positions
+    /// in `tables`.
     pub table_index: HashMap<String, usize>,
-    /// Declared output topics.
-    pub outputs: Vec<String>,
+    /// Declared output topics: the name the agent uses, mapped to the
+    /// topic in Kafka. They differ for a tenant's agent.
+    pub outputs: HashMap<String, String>,
     /// Limits on key and value sizes.
     pub limits: Limits,
+    /// WASI capabilities beyond the minimum.
+    pub wasi: WasiGrants,
+    /// The owning tenant, for logs; `None` for agents of the config file.
+    pub tenant: Option<String>,
+}
+
+impl AgentGrants {
+    /// Returns the grants of `config`, whose declared tables are `tables`
+    /// in the order of `config.tables`. A tenant's agent uses its tables
+    /// and topics without the `<tenant>.` prefix they carry in Kafka.
+    pub fn new(config: &AgentConfig, tables: Vec<Arc<Table>>) -> Self {
+        let local = |name: &str| -> String {
+            match &config.tenant {
+                Some(tenant) => name
+                    .strip_prefix(tenant.as_str())
+                    .and_then(|rest| rest.strip_prefix('.'))
+                    .unwrap_or(name)
+                    .to_owned(),
+                None => name.to_owned(),
+            }
+        };
+        Self {
+            name: config.name.clone(),
+            table_index: config
+                .tables
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (local(name), i))
+                .collect(),
+            tables,
+            outputs: config
+                .outputs
+                .iter()
+                .map(|topic| (local(topic), topic.clone()))
+                .collect(),
+            limits: config.limits.clone(),
+            wasi: config.wasi,
+            tenant: config.tenant.clone(),
+        }
+    }
 }
 
 /// Table writes and output records of the batch in progress.
@@ -113,9 +154,12 @@ pub struct HostState {
     pub(super) wasi: WasiCtx,
     pub(super) resources: ResourceTable,
     pub(super) limits: StoreLimits,
-    pub(super) stderr: MemoryOutputPipe,
+    pub(super) output: super::wasi::AgentOutput,
     pub(super) grants: Arc<AgentGrants>,
     pub(super) effects: BatchEffects,
+    /// Accesses refused in the call in progress: undeclared tables and
+    /// topics, oversized keys and values.
+    pub(super) refused: std::cell::Cell<u64>,
 }
 
 impl WasiView for HostState {
@@ -130,12 +174,16 @@ impl WasiView for HostState {
 impl HostState {
     fn check_key(&self, key: &[u8]) -> Option<u64> {
         let len = key.len() as u64;
-        (len > self.grants.limits.max_key_bytes).then_some(len)
+        let over = len > self.grants.limits.max_key_bytes;
+        self.refused.set(self.refused.get() + u64::from(over));
+        over.then_some(len)
     }
 
     fn check_value(&self, value: &[u8]) -> Option<u64> {
         let len = value.len() as u64;
-        (len > self.grants.limits.max_value_bytes).then_some(len)
+        let over = len > self.grants.limits.max_value_bytes;
+        self.refused.set(self.refused.get() + u64::from(over));
+        over.then_some(len)
     }
 
     fn handle(&self, resource: &Resource<TableHandle>) -> wasmtime::Result<TableHandle> {
@@ -147,7 +195,8 @@ impl HostState {
         match self.grants.table_index.get(&name) {
             Some(&index) => Ok(index),
             None => {
-                tracing::warn!(agent = %self.grants.name, table = %name, "agent.table_open: rejected undeclared table");
+                self.refused.set(self.refused.get() + 1);
+                tracing::warn!(agent = %self.grants.name, tenant = self.grants.tenant.as_deref().unwrap_or(""), table = %name, "agent.table_open: rejected undeclared table");
                 Err(tables::TableError::Undeclared(name))
             }
         }
@@ -549,10 +598,11 @@ impl output::Host for HostState {
         value: Option<Vec<u8>>,
         headers: Vec<types::Header>,
     ) -> wasmtime::Result<Result<(), output::SendError>> {
-        if !self.grants.outputs.contains(&topic) {
-            tracing::warn!(agent = %self.grants.name, topic = %topic, "agent.send: rejected undeclared output topic");
+        let Some(kafka_topic) = self.grants.outputs.get(&topic).cloned() else {
+            self.refused.set(self.refused.get() + 1);
+            tracing::warn!(agent = %self.grants.name, tenant = self.grants.tenant.as_deref().unwrap_or(""), topic = %topic, "agent.send: rejected undeclared output topic");
             return Ok(Err(output::SendError::UndeclaredTopic(topic)));
-        }
+        };
         if let Some(len) = key.as_deref().and_then(|k| self.check_key(k)) {
             return Ok(Err(output::SendError::KeyTooLarge(len)));
         }
@@ -561,7 +611,7 @@ impl output::Host for HostState {
         }
         let headers = headers.into_iter().map(|h| (h.key, h.value)).collect();
         self.effects.outputs.push(OutputRecord {
-            topic,
+            topic: kafka_topic,
             key,
             value,
             headers,

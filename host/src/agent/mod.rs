@@ -5,6 +5,12 @@
 //! configured agent: its pre-instantiated component and its current
 //! instance.
 //!
+//! [`AgentRuntime::prepare`] compiles and links one version of an agent
+//! from a component or a wit-bindgen core module; [`Agent::swap`] puts a
+//! prepared version in place between two batches. A swapped-in version is
+//! on probation for its first events ([`Rollout`]): a trap sends the event
+//! to the previous version, and too many traps roll the agent back.
+//!
 //! A batch of events goes into the component in one call. If the call
 //! traps or returns an error, the batch's effects are discarded. A trapped
 //! instance is thrown away and never entered again. The batch's events are
@@ -15,6 +21,8 @@
 
 mod cache;
 mod host;
+mod version;
+mod wasi;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -25,15 +33,17 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Engine, Store, StoreLimitsBuilder};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
+pub use crate::config::Rollout;
 use host::HostState;
 pub use host::{
     AgentGrants, BatchEffects, BatchTimes, OutputRecord, TableHandle, TableTimes,
     WindowedTableHandle,
 };
+pub use version::{check_component, AgentVersion, CheckedComponent};
 
-use crate::config::AgentConfig;
+pub use crate::config::WasiGrants;
+use crate::config::{AgentConfig, Limits};
 use crate::store::Partition;
 use crate::table::{ClosedWindow, Table};
 
@@ -64,12 +74,13 @@ pub use bindings::tablehost::agent::types::{Event, Header};
 
 /// Length of one epoch tick; CPU limits are counted in ticks.
 const TICK: Duration = Duration::from_millis(1);
-/// Bytes of guest stderr kept per instance, shown when the instance traps.
-const STDERR_CAPACITY: usize = 16 * 1024;
 
-/// The wasmtime engine, the compiled-component cache and the epoch ticker.
+/// The wasmtime engine, the linker, the compiled-component cache and the
+/// epoch ticker. One runtime serves every agent of a process, so a version
+/// compiled by the admin API can be handed to a running worker.
 pub struct AgentRuntime {
     engine: Engine,
+    linker: Linker<HostState>,
     cache_dir: std::path::PathBuf,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -86,6 +97,11 @@ impl AgentRuntime {
         config.epoch_interruption(true);
         let engine = Engine::new(&config)
             .map_err(|e| anyhow!("agent: failed to create the wasmtime engine: {e}"))?;
+
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasi::add_to_linker(&mut linker)?;
+        bindings::WindowedAgent::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| anyhow!("agent: failed to link the tablehost imports: {e}"))?;
 
         // One thread advances the epoch every tick for every store of this
         // engine; stores trap when their deadline, counted in ticks, passes.
@@ -105,6 +121,7 @@ impl AgentRuntime {
         }
         Ok(Self {
             engine,
+            linker,
             cache_dir: cache_dir.to_owned(),
             ticker_stop,
         })
@@ -118,7 +135,29 @@ impl AgentRuntime {
     /// Fails when the file cannot be read, is not a valid component, or
     /// imports something the host does not provide.
     pub fn load(&self, config: &AgentConfig, tables: Vec<Arc<Table>>) -> anyhow::Result<Agent> {
-        let component = cache::load_component(&self.engine, &config.component, &self.cache_dir)
+        self.load_with_stats(config, tables, Stats::default())
+    }
+
+    /// Like [`AgentRuntime::load`], counting into `stats`.
+    ///
+    /// # Errors
+    ///
+    /// As [`AgentRuntime::load`].
+    pub fn load_with_stats(
+        &self,
+        config: &AgentConfig,
+        tables: Vec<Arc<Table>>,
+        stats: Stats,
+    ) -> anyhow::Result<Agent> {
+        let bytes = std::fs::read(&config.component).with_context(|| {
+            format!(
+                "agent {}: cannot read component {}",
+                config.name,
+                config.component.display()
+            )
+        })?;
+        let version = self
+            .prepare(&config.name, "config", &bytes)
             .with_context(|| {
                 format!(
                     "agent {}: failed to load component {}",
@@ -126,65 +165,48 @@ impl AgentRuntime {
                     config.component.display()
                 )
             })?;
+        let grants = AgentGrants::new(config, tables);
+        Ok(self.agent(grants, version, stats))
+    }
 
-        let mut linker: Linker<HostState> = Linker::new(&self.engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| anyhow!("agent {}: failed to link WASI: {e}", config.name))?;
-        bindings::WindowedAgent::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
-            .map_err(|e| {
-                anyhow!(
-                    "agent {}: failed to link the tablehost imports: {e}",
-                    config.name
-                )
-            })?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| {
-            anyhow!("agent {}: component {} cannot be linked: {e}; it may import interfaces outside the tablehost:agent world", config.name, config.component.display())
-        })?;
-        let handler = handler::GuestIndices::new(&pre).map_err(|e| {
-            anyhow!(
-                "agent {}: component does not export tablehost:agent/handler: {e}",
-                config.name
-            )
-        })?;
-        // The close handler is optional; a component that exports the
-        // interface with the wrong functions is refused.
-        let window_close = if pre
-            .component()
-            .get_export_index(None, "tablehost:agent/window-close@0.1.0")
-            .is_some()
-        {
-            Some(window_close::GuestIndices::new(&pre).map_err(|e| {
-                anyhow!(
-                    "agent {}: component's tablehost:agent/window-close export is malformed: {e}",
-                    config.name
-                )
-            })?)
-        } else {
-            None
-        };
+    /// Compiles (or finds in the cache) and links one version of agent
+    /// `agent`, labelled `label`. `bytes` is a component, or a core module
+    /// built with wit-bindgen, which is wrapped into a component first.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the bytes are neither, when the component imports an
+    /// interface the host does not grant, or when it does not export the
+    /// handler; the message names the interface.
+    pub fn prepare(
+        &self,
+        agent: &str,
+        label: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<Arc<AgentVersion>> {
+        version::prepare(self, agent, label, bytes).map(Arc::new)
+    }
 
-        let table_index = config
-            .tables
-            .iter()
-            .enumerate()
-            .map(|(i, name)| (name.clone(), i))
-            .collect();
-        let grants = Arc::new(AgentGrants {
-            name: config.name.clone(),
-            tables,
-            table_index,
-            outputs: config.outputs.clone(),
-            limits: config.limits.clone(),
-        });
-        Ok(Agent {
+    /// Creates agent `grants.name` running `version`, counting into `stats`.
+    pub fn agent(&self, grants: AgentGrants, version: Arc<AgentVersion>, stats: Stats) -> Agent {
+        let grants = Arc::new(grants);
+        Agent {
             engine: self.engine.clone(),
-            pre,
-            handler,
-            window_close,
+            current: Slot::new(version, grants.clone()),
             grants,
-            instance: None,
+            probation: None,
+            stats,
+            notices: Vec::new(),
             traps: 0,
-        })
+        }
+    }
+}
+
+impl std::fmt::Debug for AgentRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentRuntime")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -212,20 +234,125 @@ pub struct BatchOutcome {
     pub dead_letters: Vec<DeadLetter>,
 }
 
+/// Something an agent did on its own that its owner should record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentNotice {
+    /// A swap took effect: `to` handles the next events.
+    Swapped {
+        /// The agent.
+        agent: String,
+        /// The version that handled the events before.
+        from: String,
+        /// The version that handles them now.
+        to: String,
+        /// How long the swap held up the agent's partitions: creating the
+        /// new version's instance.
+        pause: Duration,
+    },
+    /// A new version was abandoned and `to` handles the events again.
+    RolledBack {
+        /// The agent.
+        agent: String,
+        /// The abandoned version.
+        from: String,
+        /// The version restored.
+        to: String,
+        /// Why: the instantiation error or the trap count.
+        reason: String,
+    },
+}
+
+/// Counters of one agent version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VersionStats {
+    /// Events the version handled without failing.
+    pub events: u64,
+    /// Traps, including batches retried event by event.
+    pub traps: u64,
+    /// Events the version failed that went to the dead-letter topic.
+    pub dead_letters: u64,
+    /// Table and topic accesses the host refused: undeclared names and
+    /// keys or values over the limits.
+    pub refused: u64,
+}
+
+/// Counters per agent and version label, shared with the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct Stats(Arc<std::sync::Mutex<BTreeMap<(String, String), VersionStats>>>);
+
+impl Stats {
+    /// Returns the counters of `agent` at version `label`.
+    pub fn get(&self, agent: &str, label: &str) -> VersionStats {
+        self.lock()
+            .get(&(agent.to_owned(), label.to_owned()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn update(&self, agent: &str, label: &str, change: impl FnOnce(&mut VersionStats)) {
+        change(
+            self.lock()
+                .entry((agent.to_owned(), label.to_owned()))
+                .or_default(),
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), VersionStats>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 struct Instance {
     store: Store<HostState>,
     handler: handler::Guest,
     window_close: Option<window_close::Guest>,
 }
 
-/// One configured agent and its current instance.
-pub struct Agent {
-    engine: Engine,
-    pre: wasmtime::component::InstancePre<HostState>,
-    handler: handler::GuestIndices,
-    window_close: Option<window_close::GuestIndices>,
+/// A version, the grants its instances get (limits change with a swap)
+/// and its instance, created on first use and after a trap.
+struct Slot {
+    version: Arc<AgentVersion>,
     grants: Arc<AgentGrants>,
     instance: Option<Instance>,
+}
+
+impl Slot {
+    fn new(version: Arc<AgentVersion>, grants: Arc<AgentGrants>) -> Self {
+        Self {
+            version,
+            grants,
+            instance: None,
+        }
+    }
+}
+
+/// The state of a new version on probation.
+struct Probation {
+    /// The version the agent returns to on rollback.
+    previous: Slot,
+    /// Events the new version has been given so far.
+    events: u64,
+    /// Traps of the new version so far.
+    traps: u64,
+    rollout: Rollout,
+}
+
+/// Which version a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Current,
+    Previous,
+}
+
+/// One configured agent, its current version and instance, and during a
+/// probation the version before it.
+pub struct Agent {
+    engine: Engine,
+    grants: Arc<AgentGrants>,
+    current: Slot,
+    probation: Option<Probation>,
+    stats: Stats,
+    notices: Vec<AgentNotice>,
     traps: u64,
 }
 
@@ -242,9 +369,14 @@ impl Agent {
         &self.grants.name
     }
 
+    /// Returns the label of the version that handles the next event.
+    pub fn version(&self) -> &str {
+        &self.current.version.label
+    }
+
     /// Returns whether the agent declares table `table`.
     pub fn declares(&self, table: &str) -> bool {
-        self.grants.table_index.contains_key(table)
+        self.grants.tables.iter().any(|t| t.name() == table)
     }
 
     /// Returns how many traps this agent has caused.
@@ -252,76 +384,150 @@ impl Agent {
         self.traps
     }
 
-    fn instantiate(&self) -> anyhow::Result<Instance> {
-        let limits = &self.grants.limits;
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
-        // The agent gets no files, network, environment or arguments; only
-        // stderr is captured, so a panic message can be logged.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .build();
-        let state = HostState {
-            wasi,
-            resources: Default::default(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size((limits.memory_mib * 1024 * 1024) as usize)
-                .trap_on_grow_failure(true)
-                .build(),
-            stderr,
-            grants: self.grants.clone(),
-            effects: BatchEffects::default(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(u64::MAX / 2);
-        store.epoch_deadline_trap();
-        let failed = |e: wasmtime::Error| {
-            anyhow!("agent {}: failed to instantiate: {e:?}", self.grants.name)
-        };
-        let instance = self.pre.instantiate(&mut store).map_err(failed)?;
-        let handler = self.handler.load(&mut store, &instance).map_err(failed)?;
-        let window_close = match &self.window_close {
-            Some(indices) => Some(indices.load(&mut store, &instance).map_err(failed)?),
-            None => None,
-        };
-        Ok(Instance {
-            store,
-            handler,
-            window_close,
-        })
+    /// Returns whether the current version is still on probation.
+    pub fn on_probation(&self) -> bool {
+        self.probation.is_some()
     }
 
-    /// Returns whether the component exports the window-close handler.
+    /// Takes the swaps and rollbacks that happened since the last call.
+    pub fn take_notices(&mut self) -> Vec<AgentNotice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Replaces the current version with `version`, whose instances get
+    /// `limits`, between two batches. The new version is instantiated at
+    /// once; when that fails the agent stays on the current version and
+    /// limits, and a rollback notice says why. With
+    /// `rollout.probation_events` above zero the current version is kept
+    /// for a rollback until the new one has handled that many events.
+    pub fn swap(&mut self, version: Arc<AgentVersion>, rollout: Rollout, limits: Limits) {
+        let started = std::time::Instant::now();
+        let from = self.current.version.label.clone();
+        let to = version.label.clone();
+        let grants = if self.current.grants.limits == limits {
+            self.current.grants.clone()
+        } else {
+            let mut grants = (*self.current.grants).clone();
+            grants.limits = limits;
+            Arc::new(grants)
+        };
+        match instantiate(&self.engine, &grants, &version) {
+            Ok(instance) => {
+                let previous = std::mem::replace(
+                    &mut self.current,
+                    Slot {
+                        version,
+                        grants,
+                        instance: Some(instance),
+                    },
+                );
+                self.probation = (rollout.probation_events > 0).then_some(Probation {
+                    previous,
+                    events: 0,
+                    traps: 0,
+                    rollout,
+                });
+                let pause = started.elapsed();
+                tracing::info!(agent = %self.grants.name, from = %from, to = %to, pause_us = pause.as_micros() as u64, probation_events = rollout.probation_events, "agent.swap: new version handles the next events");
+                self.notices.push(AgentNotice::Swapped {
+                    agent: self.grants.name.clone(),
+                    from,
+                    to,
+                    pause,
+                });
+            }
+            Err(error) => {
+                let reason = format!("{error:#}");
+                tracing::error!(agent = %self.grants.name, version = %to, kept = %from, error = %reason, "agent.swap: new version failed to instantiate; keeping the current version");
+                self.notices.push(AgentNotice::RolledBack {
+                    agent: self.grants.name.clone(),
+                    from: to,
+                    to: from,
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Returns to the previous version during a probation.
+    fn roll_back(&mut self, reason: String) {
+        let Some(probation) = self.probation.take() else {
+            return;
+        };
+        let abandoned = std::mem::replace(&mut self.current, probation.previous);
+        tracing::error!(agent = %self.grants.name, from = %abandoned.version.label, to = %self.current.version.label, reason = %reason, "agent.rollback: new version abandoned; the previous version handles the events again");
+        self.notices.push(AgentNotice::RolledBack {
+            agent: self.grants.name.clone(),
+            from: abandoned.version.label.clone(),
+            to: self.current.version.label.clone(),
+            reason,
+        });
+    }
+
+    /// Counts `events` given to the version on probation and ends the
+    /// probation once it has seen enough.
+    fn probation_progress(&mut self, events: u64) {
+        if let Some(probation) = &mut self.probation {
+            probation.events += events;
+            if probation.events >= probation.rollout.probation_events {
+                tracing::info!(agent = %self.grants.name, version = %self.current.version.label, events = probation.events, traps = probation.traps, "agent.swap: new version passed probation; the previous one is unloaded");
+                self.probation = None;
+            }
+        }
+    }
+
+    /// Returns whether the components export the window-close handler.
     pub fn handles_window_close(&self) -> bool {
-        self.window_close.is_some()
+        self.current.version.window_close.is_some()
     }
 
     fn call(
         &mut self,
+        which: Which,
         events: &[Event],
         partition: Partition,
         times: &Arc<BatchTimes>,
     ) -> anyhow::Result<Result<BatchEffects, CallError>> {
-        self.enter(events.len() as u64, partition, times, |instance| {
+        self.enter(which, events.len() as u64, partition, times, |instance| {
             instance.handler.call_handle(&mut instance.store, events)
         })
     }
 
-    /// Runs `call` on the current instance, or a fresh one, with a CPU
-    /// budget of `events` events and fresh batch effects, and returns the
-    /// effects when the call succeeds.
+    /// Runs `call` on the instance of version `which`, or a fresh one,
+    /// with a CPU budget of `events` events and fresh batch effects, and
+    /// returns the effects when the call succeeds. A version on probation
+    /// whose fresh instance fails is rolled back, and the call goes to the
+    /// previous version.
     fn enter(
         &mut self,
+        which: Which,
         events: u64,
         partition: Partition,
         times: &Arc<BatchTimes>,
         call: impl FnOnce(&mut Instance) -> wasmtime::Result<Result<(), String>>,
     ) -> anyhow::Result<Result<BatchEffects, CallError>> {
-        if self.instance.is_none() {
-            self.instance = Some(self.instantiate()?);
+        if which == Which::Current && self.current.instance.is_none() {
+            match instantiate(&self.engine, &self.current.grants, &self.current.version) {
+                Ok(instance) => self.current.instance = Some(instance),
+                Err(error) if self.probation.is_some() => {
+                    self.roll_back(format!("a fresh instance failed: {error:#}"));
+                }
+                Err(error) => return Err(error),
+            }
         }
-        let instance = self.instance.as_mut().expect("instance was just created");
-        let ticks = self
+        let slot = match which {
+            Which::Current => &mut self.current,
+            Which::Previous => match &mut self.probation {
+                Some(probation) => &mut probation.previous,
+                None => &mut self.current,
+            },
+        };
+        if slot.instance.is_none() {
+            slot.instance = Some(instantiate(&self.engine, &slot.grants, &slot.version)?);
+        }
+        let label = slot.version.label.clone();
+        let instance = slot.instance.as_mut().expect("instance was just created");
+        let ticks = slot
             .grants
             .limits
             .cpu_ms_per_event
@@ -336,29 +542,28 @@ impl Agent {
 
         let result = call(instance);
         let effects = std::mem::take(&mut instance.store.data_mut().effects);
+        let refused = instance.store.data().refused.take();
+        if refused > 0 {
+            self.stats
+                .update(&self.grants.name, &label, |s| s.refused += refused);
+        }
         match result {
             Ok(Ok(())) => Ok(Ok(effects)),
             Ok(Err(message)) => Ok(Err(CallError::Failed(message))),
             Err(trap) => {
-                let stderr =
-                    String::from_utf8_lossy(&instance.store.data().stderr.contents()).into_owned();
                 let mut text = match trap.downcast_ref::<wasmtime::Trap>() {
                     Some(wasm_trap) => format!("trap: {wasm_trap}"),
                     // Limiter and host-call failures wrap their cause in a
                     // backtrace context; the root cause is the useful part.
                     None => format!("trap: {}", trap.root_cause()),
                 };
-                // A Rust guest's panic prints its message, then a hint about
-                // RUST_BACKTRACE; the message is the last line that is not a hint.
-                if let Some(line) = stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty() && !l.starts_with("note:"))
-                {
-                    text = format!("{text}; agent stderr: {}", line.trim());
+                if let Some(line) = instance.store.data().output.last_stderr_line() {
+                    text = format!("{text}; agent stderr: {line}");
                 }
-                self.instance = None;
+                slot.instance = None;
                 self.traps += 1;
+                self.stats
+                    .update(&self.grants.name, &label, |s| s.traps += 1);
                 Ok(Err(CallError::Trap(text)))
             }
         }
@@ -378,20 +583,23 @@ impl Agent {
         times: &Arc<BatchTimes>,
     ) -> anyhow::Result<BatchOutcome> {
         let mut outcome = BatchOutcome::default();
-        match self.call(events, partition, times)? {
-            Ok(effects) => self.apply(effects, &mut outcome),
+        match self.call(Which::Current, events, partition, times)? {
+            Ok(effects) => {
+                self.counted(events.len() as u64);
+                self.apply(effects, &mut outcome);
+            }
             Err(error) => {
                 let (kind, message) = match &error {
                     CallError::Trap(m) => ("trapped", m),
                     CallError::Failed(m) => ("returned an error", m),
                 };
                 if events.len() > 1 {
-                    tracing::warn!(agent = %self.grants.name, partition, events = events.len(), error = %message, "agent.handle: batch {kind}; retrying its events one at a time");
+                    tracing::warn!(agent = %self.grants.name, version = %self.current.version.label, partition, events = events.len(), error = %message, "agent.handle: batch {kind}; retrying its events one at a time");
                     for event in events {
                         self.handle_one(event, partition, times, &mut outcome)?;
                     }
                 } else {
-                    self.dead_letter(&events[0], message.clone(), &mut outcome);
+                    self.failed(&events[0], error, partition, times, &mut outcome)?;
                 }
             }
         }
@@ -405,10 +613,86 @@ impl Agent {
         times: &Arc<BatchTimes>,
         outcome: &mut BatchOutcome,
     ) -> anyhow::Result<()> {
-        match self.call(std::slice::from_ref(event), partition, times)? {
-            Ok(effects) => self.apply(effects, outcome),
+        match self.call(
+            Which::Current,
+            std::slice::from_ref(event),
+            partition,
+            times,
+        )? {
+            Ok(effects) => {
+                self.counted(1);
+                self.apply(effects, outcome);
+                Ok(())
+            }
+            Err(error) => self.failed(event, error, partition, times, outcome),
+        }
+    }
+
+    /// Counts events the current version handled.
+    fn counted(&mut self, events: u64) {
+        let label = self.current.version.label.clone();
+        self.stats
+            .update(&self.grants.name, &label, |s| s.events += events);
+        self.probation_progress(events);
+    }
+
+    /// Deals with `event`, which failed alone on the current version. A
+    /// trap on probation counts against the new version, which is rolled
+    /// back once it exceeds its share, and the event goes to the previous
+    /// version. Otherwise the event is a dead letter.
+    fn failed(
+        &mut self,
+        event: &Event,
+        error: CallError,
+        partition: Partition,
+        times: &Arc<BatchTimes>,
+        outcome: &mut BatchOutcome,
+    ) -> anyhow::Result<()> {
+        let message = match error {
+            CallError::Trap(message) if self.probation.is_some() => message,
+            CallError::Trap(message) | CallError::Failed(message) => {
+                let label = self.current.version.label.clone();
+                self.stats
+                    .update(&self.grants.name, &label, |s| s.dead_letters += 1);
+                self.probation_progress(1);
+                self.dead_letter(event, message, outcome);
+                return Ok(());
+            }
+        };
+        let probation = self.probation.as_mut().expect("checked above");
+        probation.traps += 1;
+        probation.events += 1;
+        if probation.traps > probation.rollout.trap_budget() {
+            let reason = format!(
+                "{} of its first {} events trapped, more than the allowed share {}; last: {message}",
+                probation.traps, probation.events, probation.rollout.max_trap_share
+            );
+            self.roll_back(reason);
+        } else {
+            tracing::warn!(agent = %self.grants.name, version = %self.current.version.label, offset = event.offset, error = %message, "agent.handle: version on probation trapped; the previous version handles the event");
+        }
+        let which = if self.probation.is_some() {
+            Which::Previous
+        } else {
+            Which::Current
+        };
+        match self.call(which, std::slice::from_ref(event), partition, times)? {
+            Ok(effects) => {
+                let label = match (&self.probation, which) {
+                    (Some(p), Which::Previous) => p.previous.version.label.clone(),
+                    _ => self.current.version.label.clone(),
+                };
+                self.stats
+                    .update(&self.grants.name, &label, |s| s.events += 1);
+                self.apply(effects, outcome);
+            }
             Err(CallError::Trap(message) | CallError::Failed(message)) => {
-                self.dead_letter(event, message, outcome)
+                self.dead_letter(event, message, outcome);
+            }
+        }
+        if let Some(probation) = &self.probation {
+            if probation.events >= probation.rollout.probation_events {
+                self.probation_progress(0);
             }
         }
         Ok(())
@@ -430,7 +714,7 @@ impl Agent {
         closed: &[ClosedWindow],
     ) -> anyhow::Result<BatchOutcome> {
         let mut outcome = BatchOutcome::default();
-        if self.window_close.is_none() {
+        if !self.handles_window_close() {
             return Ok(outcome);
         }
         let no_events = Arc::new(BatchTimes::default());
@@ -439,18 +723,18 @@ impl Agent {
                 start: window.window.start,
                 end: window.window.end,
             };
-            let result = self.enter(1, partition, &no_events, |instance| {
-                instance
-                    .window_close
-                    .as_ref()
-                    .expect("the export was found at load")
-                    .call_closed(
+            let result = self.enter(Which::Current, 1, partition, &no_events, |instance| {
+                match instance.window_close.as_ref() {
+                    Some(close) => close.call_closed(
                         &mut instance.store,
                         table,
                         &window.key,
                         wit_window,
                         &window.value,
-                    )
+                    ),
+                    // A rollback can restore a version without the export.
+                    None => Ok(Ok(())),
+                }
             })?;
             match result {
                 Ok(effects) => self.apply(effects, &mut outcome),
@@ -491,6 +775,54 @@ impl Agent {
         }
         outcome.outputs.extend(effects.outputs);
     }
+}
+
+/// Creates an instance of `version` with a fresh store: its own memory
+/// limit, CPU deadline, WASI context and output streams.
+fn instantiate(
+    engine: &Engine,
+    grants: &Arc<AgentGrants>,
+    version: &AgentVersion,
+) -> anyhow::Result<Instance> {
+    let limits = &grants.limits;
+    let output = wasi::AgentOutput::new(&grants.name);
+    let state = HostState {
+        wasi: wasi::context(&output, &grants.wasi),
+        resources: Default::default(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size((limits.memory_mib * 1024 * 1024) as usize)
+            .trap_on_grow_failure(true)
+            .build(),
+        output,
+        grants: grants.clone(),
+        effects: BatchEffects::default(),
+        refused: Default::default(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(u64::MAX / 2);
+    store.epoch_deadline_trap();
+    let failed = |e: wasmtime::Error| {
+        anyhow!(
+            "agent {}: version {} failed to instantiate: {e:?}",
+            grants.name,
+            version.label
+        )
+    };
+    let instance = version.pre.instantiate(&mut store).map_err(failed)?;
+    let handler = version
+        .handler
+        .load(&mut store, &instance)
+        .map_err(failed)?;
+    let window_close = match &version.window_close {
+        Some(indices) => Some(indices.load(&mut store, &instance).map_err(failed)?),
+        None => None,
+    };
+    Ok(Instance {
+        store,
+        handler,
+        window_close,
+    })
 }
 
 /// Returns the declared tables of `config`, looked up by name.

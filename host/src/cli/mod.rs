@@ -1,8 +1,10 @@
 //! The `tablehost` command line.
 
+mod agent;
 mod demo;
 mod load;
 mod run;
+mod serve;
 mod table;
 
 use clap::{Args, Parser, Subcommand};
@@ -29,6 +31,13 @@ enum Command {
     Table(table::TableCommand),
     /// Run the flights demo end to end on the embedded cluster.
     Demo(demo::DemoArgs),
+    /// Run the admin API and the agents deployed through it (needs an
+    /// [admin] section and TABLEHOST_ADMIN_TOKEN).
+    Serve(serve::ServeArgs),
+    /// Upload, list, deploy, swap, roll back and remove a tenant's agents.
+    Agent(agent::AgentArgs),
+    /// Create tenants and set their limits (admin token).
+    Tenant(agent::TenantArgs),
 }
 
 /// Arguments that name an input file to load.
@@ -81,5 +90,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Load(args) => load::load(args),
         Command::Table(command) => table::table(command),
         Command::Demo(args) => demo::demo(args),
+        Command::Serve(args) => serve::serve(args),
+        Command::Agent(args) => agent::agent(args),
+        Command::Tenant(args) => agent::tenant(args),
     }
 }

@@ -22,7 +22,7 @@ const OFFSETS_CF: &str = "changelog_offsets";
 
 /// RocksDB tuning for one table, from the table's `[tables.rocksdb]`
 /// config section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RocksOptions {
     /// Size of one memtable in MiB. Default 64.

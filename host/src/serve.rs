@@ -1,0 +1,610 @@
+//! `tablehost serve`: a worker whose agents come from the registry, and
+//! the admin API that changes them.
+//!
+//! The supervisor loop follows the registry topic and keeps the worker in
+//! line with it:
+//!
+//! - a deployment whose sources, outputs, tables and WASI grants stay the
+//!   same is a hot swap: the new version is compiled here, off the worker's
+//!   thread, and handed to the worker, which swaps it in between two
+//!   batches with every table partition left open;
+//! - a new agent, a removed one, or a changed shape restarts the worker:
+//!   it commits, leaves the group and starts again with the new set;
+//! - a rollback the worker made on its own (a version that failed to start
+//!   or trapped too often on probation) is written back to the registry,
+//!   so every process of the application returns to the same version.
+//!
+//! Agents of the config file's `[[agents]]` run next to the deployed ones.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::agent::{AgentNotice, AgentRuntime, AgentVersion, VersionStats};
+use crate::config::{AdminConfig, Config};
+use crate::control::{Command, Control};
+use crate::kafka::{Kafka, TopicKind};
+use crate::registry::log::RegistryLog;
+use crate::registry::{self, DeploymentRecord, Entry, Registry, VersionRecord};
+use crate::worker::{self, RunOptions, RunSummary, Shutdown};
+
+/// How often the supervisor reads the registry.
+const TICK: Duration = Duration::from_millis(200);
+/// How long a process waits for an uploaded component's bytes.
+const BLOB_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Whether a version can be deployed in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionStatus {
+    /// Being compiled in the background.
+    Compiling,
+    /// Compiled and linked.
+    Ready,
+    /// Compiling or linking failed; the message says why.
+    Failed(String),
+}
+
+impl std::fmt::Display for VersionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VersionStatus::Compiling => f.write_str("compiling"),
+            VersionStatus::Ready => f.write_str("ready"),
+            VersionStatus::Failed(error) => write!(f, "failed: {error}"),
+        }
+    }
+}
+
+type VersionKey = (String, String, u32);
+
+/// What the admin API and the supervisor share.
+pub struct Platform {
+    pub(crate) admin_token_sha256: Option<String>,
+    pub(crate) max_component_bytes: u64,
+    registry: Mutex<Registry>,
+    log: Mutex<RegistryLog>,
+    runtime: Arc<AgentRuntime>,
+    control: Arc<Control>,
+    statuses: Arc<Mutex<HashMap<VersionKey, VersionStatus>>>,
+    prepared: Arc<Mutex<HashMap<VersionKey, Arc<AgentVersion>>>>,
+    pauses: Mutex<Vec<Duration>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Platform {
+    /// Returns the registry as this process last read it.
+    pub fn registry(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.registry)
+    }
+
+    /// Writes `entries` to the registry topic and applies them here.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the cluster does not acknowledge them.
+    pub fn write(&self, entries: Vec<Entry>) -> anyhow::Result<()> {
+        lock(&self.log).write(&entries)?;
+        let mut registry = self.registry();
+        for entry in entries {
+            registry.apply(entry);
+        }
+        Ok(())
+    }
+
+    /// Stores uploaded bytes and returns their digest.
+    ///
+    /// # Errors
+    ///
+    /// Fails when they cannot be stored.
+    pub fn put_blob(&self, bytes: &[u8]) -> anyhow::Result<String> {
+        lock(&self.log).put_blob(bytes)
+    }
+
+    /// Returns the largest request body the admin API accepts: a component
+    /// of the maximum size in base64, plus room for the manifest.
+    pub fn max_request_bytes(&self) -> usize {
+        (self.max_component_bytes as usize / 3 + 1) * 4 + 1024 * 1024
+    }
+
+    /// Returns the status of a version in this process, starting its
+    /// compilation when this process has not seen it yet.
+    pub fn status(&self, tenant: &str, agent: &str, number: u32) -> VersionStatus {
+        let key = (tenant.to_owned(), agent.to_owned(), number);
+        if let Some(status) = lock(&self.statuses).get(&key) {
+            return status.clone();
+        }
+        let record = self.registry().versions.get(&key).cloned();
+        match record {
+            Some(record) => match lock(&self.log).blob(&record.sha256, Duration::ZERO) {
+                Ok(bytes) => {
+                    self.compile_in_background(&record, bytes);
+                    VersionStatus::Compiling
+                }
+                Err(error) => VersionStatus::Failed(format!("{error:#}")),
+            },
+            None => VersionStatus::Failed("no such version".into()),
+        }
+    }
+
+    /// Returns the counters of a tenant's agent at version `label`.
+    pub fn stats(&self, tenant: &str, agent: &str, label: &str) -> VersionStats {
+        self.control
+            .stats
+            .get(&registry::namespaced(tenant, agent), label)
+    }
+
+    /// Returns the pause of every swap that took effect in this process.
+    pub fn swap_pauses(&self) -> Vec<Duration> {
+        lock(&self.pauses).clone()
+    }
+
+    /// Compiles and links a version on a thread of its own, so a large
+    /// component (tens of seconds for a JavaScript one) holds up nothing;
+    /// the compiled artifact is cached on disk.
+    pub fn compile_in_background(&self, record: &VersionRecord, bytes: Vec<u8>) {
+        let key = (record.tenant.clone(), record.agent.clone(), record.number);
+        lock(&self.statuses).insert(key.clone(), VersionStatus::Compiling);
+        let (runtime, statuses, prepared) = (
+            self.runtime.clone(),
+            self.statuses.clone(),
+            self.prepared.clone(),
+        );
+        let name = registry::namespaced(&record.tenant, &record.agent);
+        let label = record.label();
+        let spawned = std::thread::Builder::new()
+            .name("tablehost-compile".into())
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let status = match runtime.prepare(&name, &label, &bytes) {
+                    Ok(version) => {
+                        tracing::info!(agent = %name, version = %label, seconds = started.elapsed().as_secs_f64(), "serve: version compiled and linked");
+                        lock(&prepared).insert(key.clone(), version);
+                        VersionStatus::Ready
+                    }
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        tracing::error!(agent = %name, version = %label, %error, "serve: version cannot run");
+                        VersionStatus::Failed(error)
+                    }
+                };
+                lock(&statuses).insert(key, status);
+            });
+        if let Err(error) = spawned {
+            tracing::error!(%error, "serve: cannot start a compile thread");
+        }
+    }
+
+    /// Returns the prepared version of `record`, compiling it here when no
+    /// background compile has finished it.
+    fn prepare(&self, record: &VersionRecord) -> anyhow::Result<Arc<AgentVersion>> {
+        let key = (record.tenant.clone(), record.agent.clone(), record.number);
+        if let Some(version) = lock(&self.prepared).get(&key) {
+            return Ok(version.clone());
+        }
+        let bytes = lock(&self.log).blob(&record.sha256, BLOB_TIMEOUT)?;
+        let name = registry::namespaced(&record.tenant, &record.agent);
+        let version = self.runtime.prepare(&name, &record.label(), &bytes);
+        let status = match &version {
+            Ok(version) => {
+                lock(&self.prepared).insert(key.clone(), version.clone());
+                VersionStatus::Ready
+            }
+            Err(error) => VersionStatus::Failed(format!("{error:#}")),
+        };
+        lock(&self.statuses).insert(key, status);
+        version
+    }
+
+    fn catch_up(&self) -> anyhow::Result<usize> {
+        let mut registry = self.registry().clone();
+        let applied = lock(&self.log).catch_up(&mut registry)?;
+        if applied > 0 {
+            *self.registry() = registry;
+        }
+        Ok(applied)
+    }
+}
+
+/// Options of `tablehost serve`.
+#[derive(Clone, Default)]
+pub struct ServeOptions {
+    /// The administrator's token, overriding `admin.token_sha256`.
+    pub admin_token: Option<String>,
+    /// Called with the admin API's address once it listens.
+    pub on_listen: Option<Arc<dyn Fn(SocketAddr) + Send + Sync>>,
+    /// The platform, handed out once it exists, for callers that inspect it.
+    pub on_platform: Option<Arc<dyn Fn(Arc<Platform>) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is never printed.
+        f.debug_struct("ServeOptions")
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A deployed agent as the registry describes it.
+struct Desired {
+    name: String,
+    version: VersionRecord,
+    agent: crate::config::AgentConfig,
+    tables: Vec<crate::config::TableConfig>,
+    shape: String,
+}
+
+/// The worker thread and what it runs.
+struct RunningWorker {
+    shutdown: Arc<Shutdown>,
+    thread: std::thread::JoinHandle<anyhow::Result<RunSummary>>,
+    /// Deployed agents by name: their shape and version number.
+    agents: BTreeMap<String, (String, u32)>,
+}
+
+/// Runs the admin API and a worker whose agents follow the registry, until
+/// `shutdown` is requested.
+///
+/// # Errors
+///
+/// Fails when the registry cannot be read, the admin API cannot listen, or
+/// the worker fails.
+pub fn serve(
+    config: &Config,
+    kafka: Arc<Kafka>,
+    shutdown: Arc<Shutdown>,
+    options: ServeOptions,
+) -> anyhow::Result<()> {
+    let admin = config.admin.clone().unwrap_or_default();
+    let admin_token_sha256 = match &options.admin_token {
+        Some(token) => Some(registry::sha256_hex(token.trim().as_bytes())),
+        None => admin.token_sha256.clone(),
+    };
+    if admin_token_sha256.is_none() {
+        bail!("serve: no admin token; set TABLEHOST_ADMIN_TOKEN, or admin.token_sha256 in the config (the SHA-256 of the token, hex)");
+    }
+    let state_dir = config.state_dir();
+    let runtime = Arc::new(AgentRuntime::new(&state_dir.join("compiled"))?);
+    let mut log = RegistryLog::open(kafka.clone(), &config.app_id, &state_dir)?;
+    let mut registry = Registry::default();
+    let applied = log.catch_up(&mut registry)?;
+    tracing::info!(
+        topic = log.topic(),
+        records = applied,
+        tenants = registry.tenants.len(),
+        deployed = registry.deployments.len(),
+        "serve: registry read"
+    );
+    let platform = Arc::new(Platform {
+        admin_token_sha256,
+        max_component_bytes: admin.max_component_mib * 1024 * 1024,
+        registry: Mutex::new(registry),
+        log: Mutex::new(log),
+        runtime,
+        control: Control::new(),
+        statuses: Default::default(),
+        prepared: Default::default(),
+        pauses: Default::default(),
+    });
+    if let Some(callback) = &options.on_platform {
+        callback(platform.clone());
+    }
+
+    let api = start_api(&admin, platform.clone(), options.on_listen.clone())?;
+    let result = supervise(config, &kafka, &platform, &shutdown, &admin);
+    api.stop();
+    result
+}
+
+/// The admin API's thread and the way to stop it.
+struct Api {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Api {
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn start_api(
+    admin: &AdminConfig,
+    platform: Arc<Platform>,
+    on_listen: Option<Arc<dyn Fn(SocketAddr) + Send + Sync>>,
+) -> anyhow::Result<Api> {
+    let listener = std::net::TcpListener::bind(&admin.listen).with_context(|| {
+        format!(
+            "serve: the admin API cannot listen on {}; is another process using it? Set admin.listen",
+            admin.listen
+        )
+    })?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    if let Some(callback) = on_listen {
+        callback(address);
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("tablehost-admin".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::error!(%error, "admin: cannot start the async runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(%error, "admin: cannot use the listening socket");
+                        return;
+                    }
+                };
+                let stop = async move {
+                    let _ = stop_rx.await;
+                };
+                if let Err(error) = crate::admin::serve(platform, listener, stop).await {
+                    tracing::error!(error = %format!("{error:#}"), "admin: server failed");
+                }
+            });
+        })
+        .context("serve: cannot start the admin thread")?;
+    Ok(Api {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// Returns the deployed agents the registry describes.
+fn desired(platform: &Platform) -> Vec<Desired> {
+    let registry = platform.registry();
+    registry
+        .deployed()
+        .into_iter()
+        .map(|(tenant, version)| {
+            let (agent, tables) = registry::agent_config(tenant, &version.manifest);
+            Desired {
+                name: agent.name.clone(),
+                shape: registry::shape(&agent, &tables),
+                version: version.clone(),
+                agent,
+                tables,
+            }
+        })
+        .collect()
+}
+
+fn supervise(
+    config: &Config,
+    kafka: &Arc<Kafka>,
+    platform: &Arc<Platform>,
+    shutdown: &Arc<Shutdown>,
+    admin: &AdminConfig,
+) -> anyhow::Result<()> {
+    let mut worker: Option<RunningWorker> = None;
+    // Versions that failed to prepare, so they are not tried every tick.
+    let mut broken: BTreeMap<String, u32> = BTreeMap::new();
+    while !shutdown.is_requested() {
+        platform.catch_up()?;
+        let wanted: Vec<Desired> = desired(platform)
+            .into_iter()
+            .filter(|d| broken.get(&d.name) != Some(&d.version.number))
+            .collect();
+        let shapes: BTreeMap<&str, &str> = wanted
+            .iter()
+            .map(|d| (d.name.as_str(), d.shape.as_str()))
+            .collect();
+        let restart = match &worker {
+            None => !wanted.is_empty() || !config.agents.is_empty(),
+            Some(running) => {
+                running.thread.is_finished()
+                    || running.agents.len() != shapes.len()
+                    || running.agents.iter().any(|(name, (shape, _))| {
+                        shapes.get(name.as_str()) != Some(&shape.as_str())
+                    })
+            }
+        };
+        if restart {
+            if let Some(running) = worker.take() {
+                stop_worker(running)?;
+            }
+            worker = start_worker(config, kafka, platform, admin, wanted, &mut broken)?;
+        } else if let Some(running) = &mut worker {
+            for desired in &wanted {
+                let Some((_, number)) = running.agents.get_mut(&desired.name) else {
+                    continue;
+                };
+                if *number == desired.version.number {
+                    continue;
+                }
+                match platform.prepare(&desired.version) {
+                    Ok(version) => {
+                        tracing::info!(agent = %desired.name, from = *number, to = desired.version.number, "serve: swapping versions");
+                        platform.control.send(Command::Swap {
+                            agent: desired.name.clone(),
+                            version,
+                            rollout: desired.agent.rollout,
+                            limits: desired.agent.limits.clone(),
+                        });
+                        *number = desired.version.number;
+                    }
+                    Err(error) => {
+                        let error = format!("{error:#}");
+                        tracing::error!(agent = %desired.name, version = desired.version.number, %error, "serve: new version cannot run; rolling the deployment back");
+                        revert(
+                            platform,
+                            &desired.name,
+                            desired.version.number,
+                            *number,
+                            &format!("version cannot run: {error}"),
+                        )?;
+                    }
+                }
+            }
+        }
+        for notice in platform.control.take_notices() {
+            match notice {
+                AgentNotice::Swapped { pause, .. } => lock(&platform.pauses).push(pause),
+                AgentNotice::RolledBack {
+                    agent,
+                    from,
+                    to,
+                    reason,
+                } => {
+                    let (Some(from), Some(to)) = (label_number(&from), label_number(&to)) else {
+                        continue;
+                    };
+                    if let Some(running) = &mut worker {
+                        if let Some((_, number)) = running.agents.get_mut(&agent) {
+                            *number = to;
+                        }
+                    }
+                    revert(
+                        platform,
+                        &agent,
+                        from,
+                        to,
+                        &format!("rolled back automatically: {reason}"),
+                    )?;
+                }
+            }
+        }
+        std::thread::sleep(TICK);
+    }
+    if let Some(running) = worker.take() {
+        stop_worker(running)?;
+    }
+    Ok(())
+}
+
+fn label_number(label: &str) -> Option<u32> {
+    label.strip_prefix('v')?.parse().ok()
+}
+
+/// Records in the registry that agent `name` went back from version `from`
+/// to `to`, unless the deployment has moved on since.
+fn revert(platform: &Platform, name: &str, from: u32, to: u32, reason: &str) -> anyhow::Result<()> {
+    let Some((tenant, agent)) = name.split_once('.') else {
+        return Ok(());
+    };
+    let key = (tenant.to_owned(), agent.to_owned());
+    let Some(current) = platform.registry().deployments.get(&key).cloned() else {
+        return Ok(());
+    };
+    if current.version != from {
+        return Ok(());
+    }
+    let mut history = current.history.clone();
+    history.retain(|&n| n != to);
+    let record = DeploymentRecord {
+        version: to,
+        history,
+        reason: reason.to_owned(),
+        changed_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default(),
+        ..current
+    };
+    tracing::warn!(agent = %name, from, to, reason, "serve: deployment rolled back");
+    platform.write(vec![Entry::Deployment(key, Some(record))])
+}
+
+fn stop_worker(running: RunningWorker) -> anyhow::Result<()> {
+    running.shutdown.request();
+    let summary = running
+        .thread
+        .join()
+        .map_err(|_| anyhow!("serve: the worker thread panicked"))??;
+    tracing::info!(events = summary.events, "serve: worker stopped");
+    Ok(())
+}
+
+fn start_worker(
+    config: &Config,
+    kafka: &Arc<Kafka>,
+    platform: &Arc<Platform>,
+    admin: &AdminConfig,
+    wanted: Vec<Desired>,
+    broken: &mut BTreeMap<String, u32>,
+) -> anyhow::Result<Option<RunningWorker>> {
+    let mut effective = config.clone();
+    let mut prepared = HashMap::new();
+    let mut agents = BTreeMap::new();
+    for desired in wanted {
+        let tenant = platform
+            .registry()
+            .tenants
+            .get(&desired.version.tenant)
+            .cloned();
+        let runnable = match &tenant {
+            Some(tenant) => registry::check_runnable(&desired.version.manifest, tenant),
+            None => Err("the tenant is gone".into()),
+        };
+        let version = runnable
+            .map_err(|m| anyhow!("manifest: {m}"))
+            .and_then(|()| platform.prepare(&desired.version))
+            .and_then(|version| {
+                for source in &desired.agent.sources {
+                    kafka.ensure_topic(source, admin.default_partitions, TopicKind::Plain)?;
+                }
+                Ok(version)
+            });
+        match version {
+            Ok(version) => {
+                prepared.insert(desired.name.clone(), version);
+                agents.insert(
+                    desired.name.clone(),
+                    (desired.shape, desired.version.number),
+                );
+                effective.agents.push(desired.agent);
+                effective.tables.extend(desired.tables);
+            }
+            Err(error) => {
+                tracing::error!(agent = %desired.name, version = desired.version.number, error = %format!("{error:#}"), "serve: deployed version cannot run; the agent stays stopped");
+                broken.insert(desired.name, desired.version.number);
+            }
+        }
+    }
+    if effective.agents.is_empty() {
+        tracing::info!("serve: no agent is deployed; waiting for a deployment");
+        return Ok(None);
+    }
+    tracing::info!(agents = ?effective.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), "serve: starting the worker");
+    let shutdown = Arc::new(Shutdown::default());
+    let options = RunOptions {
+        control: Some(platform.control.clone()),
+        runtime: Some(platform.runtime.clone()),
+        prepared: Some(prepared),
+        ..Default::default()
+    };
+    let thread = {
+        let (kafka, shutdown) = (kafka.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("tablehost-worker".into())
+            .spawn(move || worker::run(&effective, kafka, shutdown, options))
+            .context("serve: cannot start the worker thread")?
+    };
+    Ok(Some(RunningWorker {
+        shutdown,
+        thread,
+        agents,
+    }))
+}
