@@ -207,6 +207,13 @@ pub struct Limits {
     pub max_key_bytes: u64,
     /// Maximum size of a table or record value in bytes. Default 1 MiB.
     pub max_value_bytes: u64,
+    /// Maximum keys one partition of a table the agent writes may hold. A
+    /// write over it traps, and the event goes to the dead-letter topic.
+    /// Default none.
+    pub max_table_keys: Option<u64>,
+    /// Maximum bytes (keys plus values) one partition of a table the agent
+    /// writes may hold, enforced like `max_table_keys`. Default none.
+    pub max_table_bytes: Option<u64>,
 }
 
 impl Default for Limits {
@@ -216,6 +223,8 @@ impl Default for Limits {
             memory_mib: 64,
             max_key_bytes: 4096,
             max_value_bytes: 1024 * 1024,
+            max_table_keys: None,
+            max_table_bytes: None,
         }
     }
 }

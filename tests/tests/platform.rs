@@ -419,3 +419,116 @@ fn the_registry_survives_a_restart_on_a_real_broker() {
     assert_eq!(counts.get("a").map(String::as_str), Some("2"));
     assert_eq!(counts.get("b").map(String::as_str), Some("1"));
 }
+
+/// A hostile tenant's agent loops forever, grows memory without bound,
+/// recurses until its stack overflows, traps, writes an oversized value
+/// and fills its table past the tenant's key limit, next to a tenant whose
+/// counter must stay exact. The host keeps running; each failure is the
+/// hostile agent's dead letter and shows in its own counters. The hostile
+/// agent's clock stands still, as nothing granted it one.
+#[test]
+fn a_hostile_tenant_stays_contained() {
+    let harness = Harness::new();
+    harness.topic("good.events", 2);
+    harness.topic("evil.events", 2);
+    let served = Served::start(&harness, "hostile");
+    let admin = served.client(ADMIN_TOKEN);
+    let good = served.client(&create_tenant(&admin, "good"));
+    let evil_token = admin
+        .call(
+            "POST",
+            "/v1/tenants",
+            Some(&json!({ "name": "evil", "limits": {
+                "cpu_ms_per_event": 50, "memory_mib": 16, "max_key_bytes": 64,
+                "max_value_bytes": 1024, "max_table_keys": 10,
+            } })),
+        )
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let evil = served.client(&evil_token);
+    upload(&good, manifest("counter", &["counts"], &[]), "counter").unwrap();
+    let mut rogue = manifest("rogue", &["counts", "results"], &["misbehave-out"]);
+    rogue["limits"] = json!({
+        "cpu_ms_per_event": 50, "memory_mib": 16, "max_key_bytes": 64, "max_value_bytes": 1024,
+    });
+    upload(&evil, rogue, "misbehave").unwrap();
+    deploy(&good, "counter", 1);
+    deploy(&evil, "rogue", 1);
+
+    let mut hostile: Vec<(i32, Vec<u8>, &[u8])> = [
+        "loop",
+        "grow",
+        "recurse",
+        "trap",
+        "oversized",
+        "clock",
+        "print",
+    ]
+    .iter()
+    .map(|command| (0, command.as_bytes().to_vec(), command.as_bytes()))
+    .collect();
+    // Twelve new keys in one partition: the last two pass the limit of 10.
+    hostile.extend((0..12).map(|n| (1, format!("k{n:02}").into_bytes(), b"count".as_slice())));
+    let records: Vec<_> = hostile
+        .iter()
+        .map(|(p, k, v)| (*p, Some(k.as_slice()), Some(*v)))
+        .collect();
+    harness.produce("evil.events", &records);
+    let keys: Vec<String> = (0..3_000).map(|n| format!("g{n}")).collect();
+    let good_records: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| {
+            (
+                (i % 2) as i32,
+                Some(k.as_bytes()),
+                Some(b"count".as_slice()),
+            )
+        })
+        .collect();
+    harness.produce("good.events", &good_records);
+
+    wait_for("both tenants' events", || {
+        served.platform.stats("good", "counter", "v1").events == 3_000
+            && served.platform.stats("evil", "rogue", "v1").dead_letters == 6
+    });
+    let evil_stats = served.platform.stats("evil", "rogue", "v1");
+    served.stop();
+
+    // loop, grow, recurse, trap and two over the key limit.
+    assert_eq!(evil_stats.dead_letters, 6);
+    // oversized and the two table writes over the limit.
+    assert_eq!(evil_stats.refused, 3);
+    // oversized, clock, print and the first ten keys.
+    assert_eq!(evil_stats.events, 3 + 10);
+    let counts = changelog(&harness, "hostile-good.counts-changelog");
+    let expected: BTreeMap<String, String> =
+        keys.iter().map(|k| (k.clone(), "1".to_owned())).collect();
+    assert_eq!(counts, expected);
+    let dead: BTreeMap<String, String> = harness
+        .records("hostile-evil.rogue-dead-letters")
+        .iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key.clone().unwrap()).unwrap(),
+                r.header("tablehost-error").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        dead.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["grow", "k10", "k11", "loop", "recurse", "trap"]
+    );
+    assert!(
+        dead["k10"].contains(
+            "table evil.counts partition 1 would hold 11 keys, above the limit of 10 (max_table_keys)"
+        ),
+        "{}",
+        dead["k10"]
+    );
+    let results = changelog(&harness, "hostile-evil.results-changelog");
+    assert_eq!(results["clock"], "0");
+    assert_eq!(results["oversized"], "ValueTooLarge(2097152)");
+}

@@ -22,7 +22,7 @@ use super::bindings::tablehost::agent::{log, output, tables, types};
 use crate::config::{AgentConfig, Limits, WasiGrants};
 use crate::store::Partition;
 use crate::table::window::{Window, WindowSpec};
-use crate::table::Table;
+use crate::table::{Table, Usage};
 
 /// A guest's open table: an index into the agent's declared tables.
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +147,9 @@ pub struct BatchEffects {
     pub outputs: Vec<OutputRecord>,
     /// The event times of the batch, for windowed tables.
     pub times: Arc<BatchTimes>,
+    /// The usage each written table partition will have once the batch's
+    /// writes apply, for tables under a size limit.
+    pub usage: HashMap<(usize, Partition), Usage>,
 }
 
 /// The data of one agent instance's store.
@@ -200,6 +203,65 @@ impl HostState {
                 Err(tables::TableError::Undeclared(name))
             }
         }
+    }
+
+    /// Records a write of the batch to table `index`. Under a table size
+    /// limit, a write that would take the table partition over it traps
+    /// the instance with a message that names the table and the limit; a
+    /// write that does not grow the partition always passes.
+    fn write(
+        &mut self,
+        index: usize,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    ) -> wasmtime::Result<()> {
+        let limits = &self.grants.limits;
+        let (max_keys, max_bytes) = (limits.max_table_keys, limits.max_table_bytes);
+        if max_keys.is_some() || max_bytes.is_some() {
+            let table = self.grants.tables[index].clone();
+            let home = table.home(self.effects.partition, &key);
+            let store_failed = |error: crate::store::StoreError| {
+                wasmtime::Error::msg(format!(
+                    "table {}: the host's store failed: {error}",
+                    table.name()
+                ))
+            };
+            let old = match self.effects.writes.get(&(index, key.clone())) {
+                Some(written) => written.clone(),
+                None => table.get(home, &key).map_err(store_failed)?,
+            };
+            let current = match self.effects.usage.get(&(index, home)) {
+                Some(usage) => *usage,
+                None => table.usage(home).map_err(store_failed)?,
+            };
+            let next = current.after(&key, old.as_deref(), value.as_deref());
+            let over =
+                |limit: Option<u64>, now: u64, then: u64| limit.filter(|&l| then > l && then > now);
+            let problem = if let Some(limit) = over(max_keys, current.keys, next.keys) {
+                Some(format!(
+                    "would hold {} keys, above the limit of {limit} (max_table_keys)",
+                    next.keys
+                ))
+            } else {
+                over(max_bytes, current.bytes, next.bytes).map(|limit| {
+                    format!(
+                        "would hold {} bytes, above the limit of {limit} (max_table_bytes)",
+                        next.bytes
+                    )
+                })
+            };
+            if let Some(problem) = problem {
+                self.refused.set(self.refused.get() + 1);
+                tracing::warn!(agent = %self.grants.name, tenant = self.grants.tenant.as_deref().unwrap_or(""), table = table.name(), partition = home, %problem, "agent.table_set: table size limit reached");
+                return Err(wasmtime::Error::msg(format!(
+                    "table {} partition {home} {problem}; delete keys, or raise the limit",
+                    table.name()
+                )));
+            }
+            self.effects.usage.insert((index, home), next);
+        }
+        self.effects.writes.insert((index, key), value);
+        Ok(())
     }
 
     /// Returns the batch's own writes to table `index`, for the table to
@@ -272,7 +334,7 @@ impl tables::HostTable for HostState {
         if let Some(len) = self.check_value(&value) {
             return Ok(Err(tables::TableError::ValueTooLarge(len)));
         }
-        self.effects.writes.insert((handle.index, key), Some(value));
+        self.write(handle.index, key, Some(value))?;
         Ok(Ok(()))
     }
 
@@ -285,7 +347,7 @@ impl tables::HostTable for HostState {
         if let Some(len) = self.check_key(&key) {
             return Ok(Err(tables::TableError::KeyTooLarge(len)));
         }
-        self.effects.writes.insert((handle.index, key), None);
+        self.write(handle.index, key, None)?;
         Ok(Ok(()))
     }
 
@@ -512,7 +574,7 @@ impl tables::HostWindowedTable for HostState {
             });
         match checked {
             Ok(stored) => {
-                self.effects.writes.insert((index, stored), Some(value));
+                self.write(index, stored, Some(value))?;
                 Ok(Ok(()))
             }
             Err(error) => Ok(Err(error)),
@@ -531,7 +593,7 @@ impl tables::HostWindowedTable for HostState {
             .and_then(|stored| self.check_open(table, spec, window).map(|()| stored));
         match checked {
             Ok(stored) => {
-                self.effects.writes.insert((index, stored), None);
+                self.write(index, stored, None)?;
                 Ok(Ok(()))
             }
             Err(error) => Ok(Err(error)),

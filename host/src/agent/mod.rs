@@ -542,8 +542,10 @@ impl Agent {
 
         let result = call(instance);
         let effects = std::mem::take(&mut instance.store.data_mut().effects);
+        // A failed batch is retried event by event, which refuses the same
+        // accesses again; those count once, in the retry.
         let refused = instance.store.data().refused.take();
-        if refused > 0 {
+        if refused > 0 && (events == 1 || matches!(result, Ok(Ok(())))) {
             self.stats
                 .update(&self.grants.name, &label, |s| s.refused += refused);
         }

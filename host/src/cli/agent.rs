@@ -125,6 +125,12 @@ struct LimitArgs {
     /// Largest value, in bytes (default 1 MiB).
     #[arg(long)]
     max_value_bytes: Option<u64>,
+    /// Most keys one partition of a table may hold (default no limit).
+    #[arg(long)]
+    max_table_keys: Option<u64>,
+    /// Most bytes one partition of a table may hold (default no limit).
+    #[arg(long)]
+    max_table_bytes: Option<u64>,
 }
 
 impl LimitArgs {
@@ -135,6 +141,8 @@ impl LimitArgs {
             "memory_mib": self.memory_mib.unwrap_or(defaults.memory_mib),
             "max_key_bytes": self.max_key_bytes.unwrap_or(defaults.max_key_bytes),
             "max_value_bytes": self.max_value_bytes.unwrap_or(defaults.max_value_bytes),
+            "max_table_keys": self.max_table_keys,
+            "max_table_bytes": self.max_table_bytes,
         })
     }
 }

@@ -305,15 +305,25 @@ pub fn agent_config(tenant: &TenantRecord, manifest: &Manifest) -> (AgentConfig,
         sources: manifest.sources.iter().map(ns).collect(),
         outputs: manifest.outputs.iter().map(ns).collect(),
         tables: tables.iter().map(|t| t.name.clone()).collect(),
-        limits: manifest
-            .limits
-            .clone()
-            .unwrap_or_else(|| tenant.limits.clone()),
+        limits: effective_limits(manifest, tenant),
         rollout: manifest.rollout,
         wasi: manifest.wasi,
         tenant: Some(tenant.name.clone()),
     };
     (agent, tables)
+}
+
+/// Returns the limits an agent of `manifest` runs with: the manifest's,
+/// or by default the tenant's. A table size limit the manifest leaves out
+/// is the tenant's.
+fn effective_limits(manifest: &Manifest, tenant: &TenantRecord) -> Limits {
+    let mut limits = manifest
+        .limits
+        .clone()
+        .unwrap_or_else(|| tenant.limits.clone());
+    limits.max_table_keys = limits.max_table_keys.or(tenant.limits.max_table_keys);
+    limits.max_table_bytes = limits.max_table_bytes.or(tenant.limits.max_table_bytes);
+    limits
 }
 
 /// Returns what about a manifest is wrong for `tenant`, checking names,
@@ -364,6 +374,29 @@ pub fn check_manifest(manifest: &Manifest, tenant: &TenantRecord) -> Result<(), 
                     "limits.{field} is {asked}, above tenant {}'s limit of {allowed}; ask the administrator to raise it, or lower it",
                     tenant.name
                 ));
+            }
+        }
+    }
+    if let Some(limits) = &manifest.limits {
+        for (field, asked, allowed) in [
+            (
+                "max_table_keys",
+                limits.max_table_keys,
+                tenant.limits.max_table_keys,
+            ),
+            (
+                "max_table_bytes",
+                limits.max_table_bytes,
+                tenant.limits.max_table_bytes,
+            ),
+        ] {
+            if let (Some(asked), Some(allowed)) = (asked, allowed) {
+                if asked > allowed {
+                    return Err(format!(
+                        "limits.{field} is {asked}, above tenant {}'s limit of {allowed}; ask the administrator to raise it, or lower it",
+                        tenant.name
+                    ));
+                }
             }
         }
     }

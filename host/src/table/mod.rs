@@ -91,6 +91,18 @@ pub struct Table {
     dirty: Mutex<Dirty>,
     active: Mutex<BTreeSet<Partition>>,
     windows: Mutex<HashMap<Partition, WindowState>>,
+    /// Live keys and bytes per partition, for tables under a size limit;
+    /// counted on first use and kept current by [`Table::put`].
+    usage: Mutex<HashMap<Partition, Usage>>,
+}
+
+/// The live keys of a table partition and their bytes (keys plus values).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Keys that hold a value.
+    pub keys: u64,
+    /// Bytes of those keys and their values.
+    pub bytes: u64,
 }
 
 impl std::fmt::Debug for Table {
@@ -124,6 +136,7 @@ impl Table {
             dirty: Mutex::default(),
             active: Mutex::default(),
             windows: Mutex::default(),
+            usage: Mutex::default(),
         }
     }
 
@@ -311,6 +324,14 @@ impl Table {
     /// and a written window is tracked until it closes.
     pub fn put(&self, partition: Partition, key: Vec<u8>, value: Option<Vec<u8>>) {
         let partition = self.home(partition, &key);
+        if self.lock_usage().contains_key(&partition) {
+            // A failed read leaves the count stale until the partition is
+            // counted again; the store error itself surfaces elsewhere.
+            let old = self.get(partition, &key).ok().flatten();
+            if let Some(usage) = self.lock_usage().get_mut(&partition) {
+                *usage = usage.after(&key, old.as_deref(), value.as_deref());
+            }
+        }
         if let (TableKind::Windowed(spec), Some(_)) = (&self.kind, &value) {
             if let Some((_, window)) = spec.parse_store_key(&key) {
                 self.window_state()
@@ -465,8 +486,42 @@ impl Table {
             .insert(partition);
     }
 
+    /// Returns the live keys and bytes of `partition`, counting them with
+    /// a scan of the partition on the first call.
+    ///
+    /// # Errors
+    ///
+    /// Fails when the store fails.
+    pub fn usage(&self, partition: Partition) -> Result<Usage, StoreError> {
+        if let Some(usage) = self.lock_usage().get(&partition) {
+            return Ok(*usage);
+        }
+        let entries = self.scan_partition(
+            partition,
+            &[],
+            None,
+            &BTreeMap::new(),
+            usize::MAX,
+            usize::MAX,
+        )?;
+        let usage = Usage {
+            keys: entries.len() as u64,
+            bytes: entries
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum(),
+        };
+        self.lock_usage().insert(partition, usage);
+        Ok(usage)
+    }
+
+    fn lock_usage(&self) -> MutexGuard<'_, HashMap<Partition, Usage>> {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Marks `partition` as no longer owned by this worker.
     pub fn deactivate(&self, partition: Partition) {
+        self.lock_usage().remove(&partition);
         self.active
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -479,6 +534,18 @@ impl Table {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&partition)
+    }
+}
+
+impl Usage {
+    /// Returns the usage once `key` changes from `old` to `new` (`None`
+    /// for no value).
+    pub fn after(self, key: &[u8], old: Option<&[u8]>, new: Option<&[u8]>) -> Usage {
+        let size = |value: Option<&[u8]>| value.map_or(0, |v| (key.len() + v.len()) as u64);
+        Usage {
+            keys: (self.keys + u64::from(new.is_some())).saturating_sub(u64::from(old.is_some())),
+            bytes: (self.bytes + size(new)).saturating_sub(size(old)),
+        }
     }
 }
 

@@ -20,6 +20,8 @@
 //! | `set-read`        | writes the members of the record key's set in `counts`, joined by `,`, to `results["set-read"]` |
 //! | `set-ops`         | on the record key's set in `counts`: union with `a`, `b`, `c`, difference with `b`, intersection with `a`, `x`, and writes `added N, removed M, dropped D: ` and the members joined by `,` to `results["set-ops"]` |
 //! | `set-clear`       | clears the record key's set in `counts` and writes `removed N, left M` to `results["set-clear"]` |
+//! | `print`           | writes one line to stdout and one to stderr, which the host logs with the agent's name |
+//! | `clock`           | writes the wall clock in milliseconds since the epoch, as decimal text, to `results["clock"]`: `0` unless the host grants clocks |
 //! | `scan`            | sets `counts["k3"]` to `7`, deletes `counts["k2"]`, then writes the entries of `counts` whose keys start with `k` to `results["scan"]` as `key=value` pairs joined by `,` |
 //!
 //! Any other value, or a tombstone, fails the event with an error that
@@ -87,9 +89,21 @@ impl Agent for Misbehave {
             "set-read" => set_read(event),
             "set-clear" => set_clear(event),
             "set-ops" => set_algebra(event),
+            "print" => {
+                println!("misbehave: stdout at offset {}", event.offset);
+                eprintln!("misbehave: stderr at offset {}", event.offset);
+                Ok(())
+            }
+            "clock" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or_default();
+                record_text("clock", &now.to_string())
+            }
             other => Err(Error::msg(format!(
                 "misbehave: unknown behaviour {other:?}; expected one of count, send, \
-                 trap, loop, grow, recurse, fail, open-undeclared, oversized, send-undeclared, scan, set, set-read, set-clear, set-ops"
+                 trap, loop, grow, recurse, fail, open-undeclared, oversized, send-undeclared, scan, set, set-read, set-clear, set-ops, print, clock"
             ))),
         }
     }
