@@ -58,6 +58,15 @@ impl Control {
         Arc::default()
     }
 
+    /// Creates an empty control whose agents count into `stats`, which
+    /// several controls may share.
+    pub fn with_stats(stats: Stats) -> Arc<Self> {
+        Arc::new(Self {
+            stats,
+            ..Default::default()
+        })
+    }
+
     /// Queues `command` for the worker's next pause between batches.
     pub fn send(&self, command: Command) {
         lock(&self.commands).push(command);

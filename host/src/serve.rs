@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
-use crate::agent::{AgentNotice, AgentRuntime, AgentVersion, VersionStats};
+use crate::agent::{AgentNotice, AgentRuntime, AgentVersion, Stats, VersionStats};
 use crate::config::{AdminConfig, Config};
 use crate::control::{Command, Control};
 use crate::kafka::{Kafka, TopicKind};
@@ -33,6 +33,8 @@ use crate::worker::{self, RunOptions, RunSummary, Shutdown};
 
 /// How often the supervisor reads the registry.
 const TICK: Duration = Duration::from_millis(200);
+/// How long a failed worker waits before it starts again.
+const RETRY_DELAY: Duration = Duration::from_secs(5);
 /// How long a process waits for an uploaded component's bytes.
 const BLOB_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -66,7 +68,7 @@ pub struct Platform {
     registry: Mutex<Registry>,
     log: Mutex<RegistryLog>,
     runtime: Arc<AgentRuntime>,
-    control: Arc<Control>,
+    stats: Stats,
     statuses: Arc<Mutex<HashMap<VersionKey, VersionStatus>>>,
     prepared: Arc<Mutex<HashMap<VersionKey, Arc<AgentVersion>>>>,
     pauses: Mutex<Vec<Duration>>,
@@ -133,9 +135,7 @@ impl Platform {
 
     /// Returns the counters of a tenant's agent at version `label`.
     pub fn stats(&self, tenant: &str, agent: &str, label: &str) -> VersionStats {
-        self.control
-            .stats
-            .get(&registry::namespaced(tenant, agent), label)
+        self.stats.get(&registry::namespaced(tenant, agent), label)
     }
 
     /// Returns the pause of every swap that took effect in this process.
@@ -245,6 +245,21 @@ struct RunningWorker {
     thread: std::thread::JoinHandle<anyhow::Result<RunSummary>>,
     /// Deployed agents by name: their shape and version number.
     agents: BTreeMap<String, (String, u32)>,
+    /// Swaps to the worker and its notices.
+    control: Arc<Control>,
+}
+
+impl RunningWorker {
+    /// Returns whether `wanted` differs from what runs in anything but
+    /// versions: an agent added or removed, or a shape changed.
+    fn shape_differs(&self, wanted: &[Desired]) -> bool {
+        self.agents.len() != wanted.len()
+            || wanted.iter().any(|d| {
+                self.agents
+                    .get(&d.name)
+                    .is_none_or(|(shape, _)| *shape != d.shape)
+            })
+    }
 }
 
 /// Runs the admin API and a worker whose agents follow the registry, until
@@ -286,7 +301,7 @@ pub fn serve(
         registry: Mutex::new(registry),
         log: Mutex::new(log),
         runtime,
-        control: Control::new(),
+        stats: Stats::default(),
         statuses: Default::default(),
         prepared: Default::default(),
         pauses: Default::default(),
@@ -398,98 +413,138 @@ fn supervise(
     shutdown: &Arc<Shutdown>,
     admin: &AdminConfig,
 ) -> anyhow::Result<()> {
-    let mut worker: Option<RunningWorker> = None;
+    // One worker per tenant, keyed by tenant name; the config file's own
+    // agents run in the worker keyed "".
+    let mut workers: BTreeMap<String, RunningWorker> = BTreeMap::new();
     // Versions that failed to prepare, so they are not tried every tick.
     let mut broken: BTreeMap<String, u32> = BTreeMap::new();
+    // When a failed tenant worker may start again.
+    let mut retry_at: BTreeMap<String, std::time::Instant> = BTreeMap::new();
     while !shutdown.is_requested() {
         platform.catch_up()?;
-        let wanted: Vec<Desired> = desired(platform)
-            .into_iter()
-            .filter(|d| broken.get(&d.name) != Some(&d.version.number))
-            .collect();
-        let shapes: BTreeMap<&str, &str> = wanted
-            .iter()
-            .map(|d| (d.name.as_str(), d.shape.as_str()))
-            .collect();
-        let restart = match &worker {
-            None => !wanted.is_empty() || !config.agents.is_empty(),
-            Some(running) => {
-                running.thread.is_finished()
-                    || running.agents.len() != shapes.len()
-                    || running.agents.iter().any(|(name, (shape, _))| {
-                        shapes.get(name.as_str()) != Some(&shape.as_str())
-                    })
+        let mut by_tenant: BTreeMap<String, Vec<Desired>> = BTreeMap::new();
+        if !config.agents.is_empty() {
+            by_tenant.entry(String::new()).or_default();
+        }
+        for desired in desired(platform) {
+            if broken.get(&desired.name) != Some(&desired.version.number) {
+                by_tenant
+                    .entry(desired.version.tenant.clone())
+                    .or_default()
+                    .push(desired);
             }
-        };
-        if restart {
-            if let Some(running) = worker.take() {
-                stop_worker(running)?;
+        }
+        let gone: Vec<String> = workers
+            .keys()
+            .filter(|tenant| !by_tenant.contains_key(*tenant))
+            .cloned()
+            .collect();
+        for tenant in gone {
+            if let Some(running) = workers.remove(&tenant) {
+                stop_worker(&tenant, running);
             }
-            worker = start_worker(config, kafka, platform, admin, wanted, &mut broken)?;
-        } else if let Some(running) = &mut worker {
-            for desired in &wanted {
-                let Some((_, number)) = running.agents.get_mut(&desired.name) else {
-                    continue;
-                };
-                if *number == desired.version.number {
-                    continue;
-                }
-                match platform.prepare(&desired.version) {
-                    Ok(version) => {
-                        tracing::info!(agent = %desired.name, from = *number, to = desired.version.number, "serve: swapping versions");
-                        platform.control.send(Command::Swap {
-                            agent: desired.name.clone(),
-                            version,
-                            rollout: desired.agent.rollout,
-                            limits: desired.agent.limits.clone(),
-                        });
-                        *number = desired.version.number;
+        }
+        for (tenant, wanted) in by_tenant {
+            if retry_at
+                .get(&tenant)
+                .is_some_and(|at| std::time::Instant::now() < *at)
+            {
+                continue;
+            }
+            let restart = match workers.get(&tenant) {
+                None => true,
+                Some(running) => running.thread.is_finished() || running.shape_differs(&wanted),
+            };
+            if restart {
+                if let Some(running) = workers.remove(&tenant) {
+                    if !stop_worker(&tenant, running) {
+                        // A worker that failed waits a little before the next try.
+                        retry_at.insert(tenant.clone(), std::time::Instant::now() + RETRY_DELAY);
+                        continue;
                     }
-                    Err(error) => {
-                        let error = format!("{error:#}");
-                        tracing::error!(agent = %desired.name, version = desired.version.number, %error, "serve: new version cannot run; rolling the deployment back");
+                }
+                retry_at.remove(&tenant);
+                if let Some(started) =
+                    start_worker(config, kafka, platform, admin, &tenant, wanted, &mut broken)?
+                {
+                    workers.insert(tenant, started);
+                }
+            } else if let Some(running) = workers.get_mut(&tenant) {
+                swap_changed(platform, running, &wanted)?;
+            }
+        }
+        for running in workers.values_mut() {
+            for notice in running.control.take_notices() {
+                match notice {
+                    AgentNotice::Swapped { pause, .. } => lock(&platform.pauses).push(pause),
+                    AgentNotice::RolledBack {
+                        agent,
+                        from,
+                        to,
+                        reason,
+                    } => {
+                        let (Some(from), Some(to)) = (label_number(&from), label_number(&to))
+                        else {
+                            continue;
+                        };
+                        if let Some((_, number)) = running.agents.get_mut(&agent) {
+                            *number = to;
+                        }
                         revert(
                             platform,
-                            &desired.name,
-                            desired.version.number,
-                            *number,
-                            &format!("version cannot run: {error}"),
+                            &agent,
+                            from,
+                            to,
+                            &format!("rolled back automatically: {reason}"),
                         )?;
                     }
                 }
             }
         }
-        for notice in platform.control.take_notices() {
-            match notice {
-                AgentNotice::Swapped { pause, .. } => lock(&platform.pauses).push(pause),
-                AgentNotice::RolledBack {
-                    agent,
-                    from,
-                    to,
-                    reason,
-                } => {
-                    let (Some(from), Some(to)) = (label_number(&from), label_number(&to)) else {
-                        continue;
-                    };
-                    if let Some(running) = &mut worker {
-                        if let Some((_, number)) = running.agents.get_mut(&agent) {
-                            *number = to;
-                        }
-                    }
-                    revert(
-                        platform,
-                        &agent,
-                        from,
-                        to,
-                        &format!("rolled back automatically: {reason}"),
-                    )?;
-                }
-            }
-        }
         std::thread::sleep(TICK);
     }
-    if let Some(running) = worker.take() {
-        stop_worker(running)?;
+    for (tenant, running) in std::mem::take(&mut workers) {
+        stop_worker(&tenant, running);
+    }
+    Ok(())
+}
+
+/// Sends a swap to `running` for each agent whose deployed version changed.
+fn swap_changed(
+    platform: &Platform,
+    running: &mut RunningWorker,
+    wanted: &[Desired],
+) -> anyhow::Result<()> {
+    for desired in wanted {
+        let Some((_, number)) = running.agents.get_mut(&desired.name) else {
+            continue;
+        };
+        if *number == desired.version.number {
+            continue;
+        }
+        match platform.prepare(&desired.version) {
+            Ok(version) => {
+                tracing::info!(agent = %desired.name, from = *number, to = desired.version.number, "serve: swapping versions");
+                running.control.send(Command::Swap {
+                    agent: desired.name.clone(),
+                    version,
+                    rollout: desired.agent.rollout,
+                    limits: desired.agent.limits.clone(),
+                });
+                *number = desired.version.number;
+            }
+            Err(error) => {
+                let error = format!("{error:#}");
+                tracing::error!(agent = %desired.name, version = desired.version.number, %error, "serve: new version cannot run; rolling the deployment back");
+                revert(
+                    platform,
+                    &desired.name,
+                    desired.version.number,
+                    *number,
+                    &format!("version cannot run: {error}"),
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -527,14 +582,24 @@ fn revert(platform: &Platform, name: &str, from: u32, to: u32, reason: &str) -> 
     platform.write(vec![Entry::Deployment(key, Some(record))])
 }
 
-fn stop_worker(running: RunningWorker) -> anyhow::Result<()> {
+/// Stops a worker and returns whether its run ended without an error;
+/// an error is logged, as one tenant's failure must not stop the host.
+fn stop_worker(tenant: &str, running: RunningWorker) -> bool {
     running.shutdown.request();
-    let summary = running
-        .thread
-        .join()
-        .map_err(|_| anyhow!("serve: the worker thread panicked"))??;
-    tracing::info!(events = summary.events, "serve: worker stopped");
-    Ok(())
+    match running.thread.join() {
+        Ok(Ok(summary)) => {
+            tracing::info!(tenant, events = summary.events, "serve: worker stopped");
+            true
+        }
+        Ok(Err(error)) => {
+            tracing::error!(tenant, error = %format!("{error:#}"), "serve: worker failed; starting it again shortly");
+            false
+        }
+        Err(_) => {
+            tracing::error!(tenant, "serve: worker panicked; starting it again shortly");
+            false
+        }
+    }
 }
 
 fn start_worker(
@@ -542,10 +607,16 @@ fn start_worker(
     kafka: &Arc<Kafka>,
     platform: &Arc<Platform>,
     admin: &AdminConfig,
+    tenant_name: &str,
     wanted: Vec<Desired>,
     broken: &mut BTreeMap<String, u32>,
 ) -> anyhow::Result<Option<RunningWorker>> {
     let mut effective = config.clone();
+    if !tenant_name.is_empty() {
+        // A tenant's worker runs only the tenant's agents and tables.
+        effective.agents.clear();
+        effective.tables.clear();
+    }
     let mut prepared = HashMap::new();
     let mut agents = BTreeMap::new();
     for desired in wanted {
@@ -587,10 +658,14 @@ fn start_worker(
         tracing::info!("serve: no agent is deployed; waiting for a deployment");
         return Ok(None);
     }
-    tracing::info!(agents = ?effective.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), "serve: starting the worker");
+    tracing::info!(tenant = tenant_name, agents = ?effective.agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(), "serve: starting a worker");
     let shutdown = Arc::new(Shutdown::default());
+    let control = Control::with_stats(platform.stats.clone());
     let options = RunOptions {
-        control: Some(platform.control.clone()),
+        control: Some(control.clone()),
+        // Each tenant's worker is a consumer group of its own, so one
+        // tenant's deployments never rebalance another's partitions.
+        group_id: (!tenant_name.is_empty()).then(|| format!("{}.{tenant_name}", config.app_id)),
         runtime: Some(platform.runtime.clone()),
         prepared: Some(prepared),
         ..Default::default()
@@ -606,5 +681,6 @@ fn start_worker(
         shutdown,
         thread,
         agents,
+        control,
     }))
 }

@@ -104,6 +104,8 @@ pub struct RunOptions {
     /// the agent's `component` file: agents deployed through the admin API
     /// have no file.
     pub prepared: Option<HashMap<String, Arc<AgentVersion>>>,
+    /// The consumer group; by default the config's `app_id`.
+    pub group_id: Option<String>,
 }
 
 /// Counters of one run.
@@ -443,7 +445,10 @@ pub fn run(
             .set("heartbeat.interval.ms", "500");
     }
     let consumer: BaseConsumer<WorkerContext> = consumer_config
-        .set("group.id", &config.app_id)
+        .set(
+            "group.id",
+            options.group_id.as_deref().unwrap_or(&config.app_id),
+        )
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
