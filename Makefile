@@ -107,6 +107,7 @@ test: plugins tansu
 ## profile is used so the optimised dependencies built for the demo are reused
 bench: host plugins data
 	cargo bench --profile dev -p tablehost --bench pipeline -- --data $(CURDIR)/$(FLIGHTS)
+	cargo bench --profile dev -p tablehost --bench platform
 
 clean:
 	rm -rf build

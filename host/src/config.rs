@@ -216,6 +216,24 @@ pub struct Limits {
     pub max_table_bytes: Option<u64>,
 }
 
+impl Limits {
+    /// Returns the name of the first limit set to 0, which would let
+    /// nothing run; every limit must be at least 1.
+    pub fn zero_field(&self) -> Option<&'static str> {
+        [
+            ("cpu_ms_per_event", self.cpu_ms_per_event),
+            ("memory_mib", self.memory_mib),
+            ("max_key_bytes", self.max_key_bytes),
+            ("max_value_bytes", self.max_value_bytes),
+            ("max_table_keys", self.max_table_keys.unwrap_or(1)),
+            ("max_table_bytes", self.max_table_bytes.unwrap_or(1)),
+        ]
+        .into_iter()
+        .find(|(_, value)| *value == 0)
+        .map(|(field, _)| field)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -552,19 +570,11 @@ impl Config {
                     return Err(invalid(key("tables"), format!("table {table:?} is not declared; add a [[tables]] section with name = {table:?}")));
                 }
             }
-            let limits = &agent.limits;
-            for (field, value) in [
-                ("cpu_ms_per_event", limits.cpu_ms_per_event),
-                ("memory_mib", limits.memory_mib),
-                ("max_key_bytes", limits.max_key_bytes),
-                ("max_value_bytes", limits.max_value_bytes),
-            ] {
-                if value == 0 {
-                    return Err(invalid(
-                        key(&format!("limits.{field}")),
-                        "must be at least 1".into(),
-                    ));
-                }
+            if let Some(field) = agent.limits.zero_field() {
+                return Err(invalid(
+                    key(&format!("limits.{field}")),
+                    "must be at least 1".into(),
+                ));
             }
         }
         Ok(())

@@ -1,4 +1,4 @@
-//! The channel between a running worker and whoever deploys agents.
+//! The channel between a running worker and the code that deploys agents.
 //!
 //! The worker owns its agents on its own thread. Deployments reach it as
 //! [`Command`]s in a [`Control`]; the worker takes them between two

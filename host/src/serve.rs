@@ -5,9 +5,9 @@
 //! line with it:
 //!
 //! - a deployment whose sources, outputs, tables and WASI grants stay the
-//!   same is a hot swap: the new version is compiled here, off the worker's
-//!   thread, and handed to the worker, which swaps it in between two
-//!   batches with every table partition left open;
+//!   same is a hot swap. The new version is compiled here, off the
+//!   worker's thread, and the worker swaps it in between two batches with
+//!   every table partition left open;
 //! - a new agent, a removed one, or a changed shape restarts the worker:
 //!   it commits, leaves the group and starts again with the new set;
 //! - a rollback the worker made on its own (a version that failed to start
@@ -633,8 +633,12 @@ fn start_worker(
             .map_err(|m| anyhow!("manifest: {m}"))
             .and_then(|()| platform.prepare(&desired.version))
             .and_then(|version| {
+                // A missing source topic of the tenant is created; an
+                // existing one keeps its partition count.
                 for source in &desired.agent.sources {
-                    kafka.ensure_topic(source, admin.default_partitions, TopicKind::Plain)?;
+                    if kafka.partition_count(source)?.is_none() {
+                        kafka.ensure_topic(source, admin.default_partitions, TopicKind::Plain)?;
+                    }
                 }
                 Ok(version)
             });

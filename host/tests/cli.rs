@@ -232,3 +232,165 @@ fn second_embedded_run_discards_old_state() {
     assert!(ok, "{stderr}");
     assert!(stdout.trim_end().ends_with(r#","value":2}"#), "{stdout}");
 }
+
+/// Runs `tablehost` in `dir` with extra environment variables.
+fn tablehost_with(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tablehost"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("tablehost runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn serve_without_admin_token_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("platform.toml"),
+        "app_id = \"cli\"\n[admin]\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = tablehost_with(
+        &["serve", "--config", "platform.toml"],
+        dir.path(),
+        &[("TABLEHOST_ADMIN_TOKEN", "")],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "serve: no admin token; set TABLEHOST_ADMIN_TOKEN, or admin.token_sha256 in the config"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn agent_command_without_server_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("http://127.0.0.1:{port}");
+    let (ok, _, stderr) = tablehost_with(
+        &["agent", "--admin", &admin, "--token", "t", "list"],
+        dir.path(),
+        &[],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "cannot reach the admin API at {admin}; is `tablehost serve` running there?"
+        )),
+        "{stderr}"
+    );
+}
+
+/// Kills the child process when dropped, so a failed test leaves no server.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tablehost serve` on the embedded cluster, driven by `tablehost tenant`
+/// and `tablehost agent` as a user would: a tenant is created, a version
+/// uploaded and deployed, and the list shows it deployed.
+#[test]
+fn serve_takes_an_agent_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let admin = format!("http://127.0.0.1:{port}");
+    std::fs::write(
+        dir.path().join("platform.toml"),
+        format!(
+            "app_id = \"cli\"\nstate_dir = \"state\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("counter.toml"),
+        "name = \"counter\"\nsources = [\"events\"]\n[[tables]]\nname = \"counts\"\n",
+    )
+    .unwrap();
+    let _server = Child(
+        Command::new(env!("CARGO_BIN_EXE_tablehost"))
+            .args(["serve", "--config", "platform.toml"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .env("TABLEHOST_ADMIN_TOKEN", "cli-admin")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("serve starts"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not listen within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    let env = [
+        ("TABLEHOST_ADMIN_URL", admin.as_str()),
+        ("TABLEHOST_TOKEN", "cli-admin"),
+    ];
+    let (ok, stdout, stderr) = tablehost_with(&["tenant", "create", "acme"], dir.path(), &env);
+    assert!(ok, "{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let token = created["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("th_"), "{token}");
+
+    let env = [
+        ("TABLEHOST_ADMIN_URL", admin.as_str()),
+        ("TABLEHOST_TOKEN", token.as_str()),
+    ];
+    let component = counter_component().display().to_string();
+    let (ok, stdout, stderr) = tablehost_with(
+        &[
+            "agent",
+            "upload",
+            "--manifest",
+            "counter.toml",
+            "--component",
+            &component,
+        ],
+        dir.path(),
+        &env,
+    );
+    assert!(ok, "{stderr}");
+    let uploaded: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(uploaded["version"], 1);
+    let (ok, _, stderr) = tablehost_with(&["agent", "deploy", "counter", "1"], dir.path(), &env);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = tablehost_with(&["agent", "list"], dir.path(), &env);
+    assert!(ok, "{stderr}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(listed[0]["name"], "counter");
+    assert_eq!(listed[0]["deployed"], 1);
+
+    let (ok, _, stderr) = tablehost_with(&["agent", "rollback", "counter"], dir.path(), &env);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "409 agent \"counter\" has no earlier deployment to roll back to; name a version"
+        ),
+        "{stderr}"
+    );
+}

@@ -266,7 +266,9 @@ fn tokens_and_validation() {
 #[test]
 fn deploy_swap_rollback_and_isolation() {
     let harness = Harness::new();
-    harness.topic("acme.events", 2);
+    // Three partitions, while serve creates missing topics with two: an
+    // existing topic keeps its count.
+    harness.topic("acme.events", 3);
     harness.topic("beta.events", 2);
     let served = Served::start(&harness, "platform");
     let admin = served.client(ADMIN_TOKEN);

@@ -11,7 +11,7 @@
 //!
 //! | method and path | token | what it does |
 //! |---|---|---|
-//! | `POST /v1/tenants` | admin | create a tenant; the reply holds its token, shown once |
+//! | `POST /v1/tenants` | admin | create a tenant; the reply contains its token, shown only once |
 //! | `GET /v1/tenants` | admin | list tenants and limits |
 //! | `PUT /v1/tenants/{tenant}/limits` | admin | set a tenant's limits |
 //! | `POST /v1/agents` | tenant | upload a version: `{"manifest": {...}, "component": "<base64>"}` |
@@ -42,7 +42,7 @@ use crate::registry::{
 };
 use crate::serve::{Platform, VersionStatus};
 
-/// An error reply: a status and a message that says what to do.
+/// An error reply: an HTTP status and a message with the fix.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
@@ -222,20 +222,13 @@ async fn create_tenant(
 }
 
 fn check_limits(limits: &Limits) -> Result<(), ApiError> {
-    for (field, value) in [
-        ("cpu_ms_per_event", limits.cpu_ms_per_event),
-        ("memory_mib", limits.memory_mib),
-        ("max_key_bytes", limits.max_key_bytes),
-        ("max_value_bytes", limits.max_value_bytes),
-    ] {
-        if value == 0 {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("limits.{field} is 0; it must be at least 1"),
-            ));
-        }
+    match limits.zero_field() {
+        Some(field) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("limits.{field} is 0; it must be at least 1"),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn list_tenants(State(platform): State<Arc<Platform>>, headers: HeaderMap) -> Reply {

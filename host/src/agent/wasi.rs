@@ -1,4 +1,4 @@
-//! The WASI surface an agent sees.
+//! The WASI surface of an agent.
 //!
 //! The linker carries the WASI 0.2 interfaces, because components built by
 //! componentize-py, jco and the Rust toolchain import them whether they use
@@ -26,8 +26,8 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder};
 use super::host::HostState;
 use crate::config::WasiGrants;
 
-/// The longest line of agent output logged as one record; longer lines
-/// are split.
+/// The maximum length of a line of agent output logged as one record.
+/// Longer lines are split.
 const MAX_LINE: usize = 4096;
 
 /// Adds the WASI interfaces to `linker`.

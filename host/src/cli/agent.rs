@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::admin::client::Client;
 use crate::registry::Manifest;
 
-/// Where the admin API is and which token to send.
+/// The admin API's address and the token to send.
 #[derive(Debug, Args)]
 pub struct Connection {
     /// The admin API's address.

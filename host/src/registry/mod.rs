@@ -347,6 +347,9 @@ pub fn check_manifest(manifest: &Manifest, tenant: &TenantRecord) -> Result<(), 
             return Err(format!("table {:?} is listed twice", table.name));
         }
     }
+    if let Some(field) = manifest.limits.as_ref().and_then(Limits::zero_field) {
+        return Err(format!("limits.{field} is 0; it must be at least 1"));
+    }
     if let Some(limits) = &manifest.limits {
         for (field, asked, allowed) in [
             (
@@ -366,9 +369,6 @@ pub fn check_manifest(manifest: &Manifest, tenant: &TenantRecord) -> Result<(), 
                 tenant.limits.max_value_bytes,
             ),
         ] {
-            if asked == 0 {
-                return Err(format!("limits.{field} is 0; it must be at least 1"));
-            }
             if asked > allowed {
                 return Err(format!(
                     "limits.{field} is {asked}, above tenant {}'s limit of {allowed}; ask the administrator to raise it, or lower it",
@@ -376,6 +376,9 @@ pub fn check_manifest(manifest: &Manifest, tenant: &TenantRecord) -> Result<(), 
                 ));
             }
         }
+    }
+    if let Some(field) = manifest.limits.as_ref().and_then(Limits::zero_field) {
+        return Err(format!("limits.{field} is 0; it must be at least 1"));
     }
     if let Some(limits) = &manifest.limits {
         for (field, asked, allowed) in [
