@@ -72,6 +72,7 @@ pub struct Platform {
     statuses: Arc<Mutex<HashMap<VersionKey, VersionStatus>>>,
     prepared: Arc<Mutex<HashMap<VersionKey, Arc<AgentVersion>>>>,
     pauses: Mutex<Vec<Duration>>,
+    changes: Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -91,11 +92,16 @@ impl Platform {
     /// Fails when the cluster does not acknowledge them.
     pub fn write(&self, entries: Vec<Entry>) -> anyhow::Result<()> {
         lock(&self.log).write(&entries)?;
-        let mut registry = self.registry();
-        for entry in entries {
-            registry.apply(entry);
-        }
+        // The entries apply when they are read back, so this process sees
+        // every entry in the topic's order, its own ones included.
+        self.catch_up()?;
         Ok(())
+    }
+
+    /// Serializes the changes that read the registry and then write it,
+    /// such as numbering a new version.
+    pub(crate) fn change_lock(&self) -> MutexGuard<'_, ()> {
+        lock(&self.changes)
     }
 
     /// Stores uploaded bytes and returns their digest.
@@ -200,12 +206,18 @@ impl Platform {
         version
     }
 
+    /// Applies the entries written since the last call. The log stays
+    /// locked until they are applied, so two callers apply in topic order.
     fn catch_up(&self) -> anyhow::Result<usize> {
-        let mut registry = self.registry().clone();
-        let applied = lock(&self.log).catch_up(&mut registry)?;
-        if applied > 0 {
-            *self.registry() = registry;
+        let mut log = lock(&self.log);
+        let entries = log.read_new()?;
+        let applied = entries.len();
+        let mut registry = self.registry();
+        for entry in entries {
+            registry.apply(entry);
         }
+        drop(registry);
+        drop(log);
         Ok(applied)
     }
 }
@@ -287,7 +299,11 @@ pub fn serve(
     let runtime = Arc::new(AgentRuntime::new(&state_dir.join("compiled"))?);
     let mut log = RegistryLog::open(kafka.clone(), &config.app_id, &state_dir)?;
     let mut registry = Registry::default();
-    let applied = log.catch_up(&mut registry)?;
+    let entries = log.read_new()?;
+    let applied = entries.len();
+    for entry in entries {
+        registry.apply(entry);
+    }
     tracing::info!(
         topic = log.topic(),
         records = applied,
@@ -305,6 +321,7 @@ pub fn serve(
         statuses: Default::default(),
         prepared: Default::default(),
         pauses: Default::default(),
+        changes: Mutex::new(()),
     });
     if let Some(callback) = &options.on_platform {
         callback(platform.clone());
@@ -421,7 +438,11 @@ fn supervise(
     // When a failed tenant worker may start again.
     let mut retry_at: BTreeMap<String, std::time::Instant> = BTreeMap::new();
     while !shutdown.is_requested() {
-        platform.catch_up()?;
+        if let Err(error) = platform.catch_up() {
+            tracing::warn!(error = %format!("{error:#}"), "serve: cannot read the registry; retrying");
+            std::thread::sleep(RETRY_DELAY);
+            continue;
+        }
         let mut by_tenant: BTreeMap<String, Vec<Desired>> = BTreeMap::new();
         if !config.agents.is_empty() {
             by_tenant.entry(String::new()).or_default();
@@ -560,6 +581,7 @@ fn revert(platform: &Platform, name: &str, from: u32, to: u32, reason: &str) -> 
         return Ok(());
     };
     let key = (tenant.to_owned(), agent.to_owned());
+    let _change = platform.change_lock();
     let Some(current) = platform.registry().deployments.get(&key).cloned() else {
         return Ok(());
     };

@@ -192,6 +192,7 @@ async fn create_tenant(
     let limits = request.limits.unwrap_or_default();
     check_limits(&limits)?;
     blocking(move || {
+        let _change = platform.change_lock();
         if platform.registry().tenants.contains_key(&request.name) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -251,6 +252,7 @@ async fn set_limits(
     admin_only(&platform, &headers)?;
     check_limits(&limits)?;
     blocking(move || {
+        let _change = platform.change_lock();
         let Some(mut record) = platform.registry().tenants.get(&tenant).cloned() else {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -333,6 +335,7 @@ async fn upload(
     let checked = crate::agent::check_component(&bytes)
         .map_err(|e| unprocessable(format!("component: {e:#}")))?;
     blocking(move || {
+        let _change = platform.change_lock();
         let agent = upload.manifest.name.clone();
         let number = platform
             .registry()
@@ -441,7 +444,11 @@ async fn deploy(
             "name the version to deploy: {\"version\": n}",
         )
     })?;
-    blocking(move || change_deployment(&platform, &tenant, &agent, number, "deployed")).await
+    blocking(move || {
+        let _change = platform.change_lock();
+        change_deployment(&platform, &tenant, &agent, number, "deployed")
+    })
+    .await
 }
 
 async fn rollback(
@@ -452,6 +459,7 @@ async fn rollback(
 ) -> Reply {
     let tenant = tenant_only(&platform, &headers)?;
     blocking(move || {
+        let _change = platform.change_lock();
         let current = platform
             .registry()
             .deployments
@@ -541,6 +549,7 @@ async fn remove_agent(
 ) -> Reply {
     let tenant = tenant_only(&platform, &headers)?;
     blocking(move || {
+        let _change = platform.change_lock();
         let versions: Vec<u32> = platform
             .registry()
             .versions_of(&tenant.name, &agent)

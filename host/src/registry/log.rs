@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{sha256_hex, Entry, Registry};
+use super::{sha256_hex, Entry};
 use crate::kafka::producer::TrackedProducer;
 use crate::kafka::{Kafka, TopicKind};
 
@@ -215,16 +215,16 @@ impl RegistryLog {
             .with_context(|| format!("registry: cannot write {}", path.display()))
     }
 
-    /// Applies to `registry` every entry written since the last call, up
-    /// to the topic's end at the time of the call, and returns how many.
+    /// Returns every entry written since the last call, up to the topic's
+    /// end at the time of the call, in the order of the topic.
     ///
     /// # Errors
     ///
     /// Fails when the topic cannot be read within a minute.
-    pub fn catch_up(&mut self, registry: &mut Registry) -> anyhow::Result<usize> {
+    pub fn read_new(&mut self) -> anyhow::Result<Vec<Entry>> {
         let (_, end) = self.kafka.watermarks(&self.topic, 0)?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut applied = 0;
+        let mut entries = Vec::new();
         loop {
             let position = match self
                 .consumer
@@ -236,7 +236,7 @@ impl RegistryLog {
                 _ => 0,
             };
             if position >= end {
-                return Ok(applied);
+                return Ok(entries);
             }
             if Instant::now() >= deadline {
                 bail!("registry: topic {} did not deliver offsets {position} to {end} within a minute", self.topic);
@@ -247,10 +247,7 @@ impl RegistryLog {
             let message = message.context("registry: failed to read the registry topic")?;
             let Some(key) = message.key() else { continue };
             match Entry::parse(key, message.payload()) {
-                Ok(entry) => {
-                    registry.apply(entry);
-                    applied += 1;
-                }
+                Ok(entry) => entries.push(entry),
                 Err(error) => {
                     tracing::warn!(offset = message.offset(), %error, "registry: skipping a record of unknown shape");
                 }
