@@ -144,6 +144,13 @@ impl Platform {
         self.stats.get(&registry::namespaced(tenant, agent), label)
     }
 
+    /// Returns the counters of all of `tenant`'s agents and versions added
+    /// up, as this process has counted them.
+    pub fn tenant_stats(&self, tenant: &str) -> VersionStats {
+        let prefix = registry::namespaced(tenant, "");
+        self.stats.sum(|agent| agent.starts_with(&prefix))
+    }
+
     /// Returns the pause of every swap that took effect in this process.
     pub fn swap_pauses(&self) -> Vec<Duration> {
         lock(&self.pauses).clone()

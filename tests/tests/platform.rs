@@ -471,6 +471,8 @@ fn a_hostile_tenant_stays_contained() {
     .iter()
     .map(|command| (0, command.as_bytes().to_vec(), command.as_bytes()))
     .collect();
+    // A key over the tenant's 64 bytes, which `count` uses as table key.
+    hostile.push((0, vec![b'k'; 100], b"count".as_slice()));
     // Twelve new keys in one partition: the last two pass the limit of 10.
     hostile.extend((0..12).map(|n| (1, format!("k{n:02}").into_bytes(), b"count".as_slice())));
     let records: Vec<_> = hostile
@@ -494,15 +496,21 @@ fn a_hostile_tenant_stays_contained() {
 
     wait_for("both tenants' events", || {
         served.platform.stats("good", "counter", "v1").events == 3_000
-            && served.platform.stats("evil", "rogue", "v1").dead_letters == 6
+            && served.platform.stats("evil", "rogue", "v1").dead_letters == 7
     });
     let evil_stats = served.platform.stats("evil", "rogue", "v1");
+    let tenants = admin.call("GET", "/v1/tenants", None).unwrap();
     served.stop();
 
-    // loop, grow, recurse, trap and two over the key limit.
-    assert_eq!(evil_stats.dead_letters, 6);
-    // oversized and the two table writes over the limit.
-    assert_eq!(evil_stats.refused, 3);
+    // loop, grow, recurse, trap, the long key and two over the key limit.
+    assert_eq!(evil_stats.dead_letters, 7);
+    // oversized, the long key and the two table writes over the limit.
+    assert_eq!(evil_stats.refused, 4);
+    assert_eq!(tenants[0]["name"], "evil");
+    assert_eq!(tenants[0]["counters"]["dead_letters"], 7);
+    assert_eq!(tenants[1]["name"], "good");
+    assert_eq!(tenants[1]["counters"]["events"], 3_000);
+    assert_eq!(tenants[1]["counters"]["traps"], 0);
     // oversized, clock, print and the first ten keys.
     assert_eq!(evil_stats.events, 3 + 10);
     let counts = changelog(&harness, "hostile-good.counts-changelog");
@@ -521,7 +529,15 @@ fn a_hostile_tenant_stays_contained() {
         .collect();
     assert_eq!(
         dead.keys().map(String::as_str).collect::<Vec<_>>(),
-        ["grow", "k10", "k11", "loop", "recurse", "trap"]
+        [
+            "grow",
+            "k10",
+            "k11",
+            &"k".repeat(100),
+            "loop",
+            "recurse",
+            "trap"
+        ]
     );
     assert!(
         dead["k10"].contains(

@@ -148,7 +148,7 @@ fn start(app: &str) -> Setup {
 /// versions handle events, and the swaps replay no changelog record: the
 /// only recoveries are those at the first assignment, of an empty table.
 #[test]
-fn swap_and_swap_back_under_load_handles_every_event_once() {
+fn swap_and_back_counts_each_event_once() {
     const TOTAL: usize = 30_000;
     let setup = start("swap");
     let (control, worker) = (&setup.control, &setup.worker);
@@ -208,7 +208,7 @@ fn swap_and_swap_back_under_load_handles_every_event_once() {
 /// and each event it trapped on is handled again by the previous version,
 /// so nothing reaches the dead-letter topic and every event counts once.
 #[test]
-fn a_version_that_traps_is_rolled_back_and_its_events_handled_again() {
+fn trapping_version_rolls_back() {
     const TOTAL: usize = 6_000;
     let setup = start("rollback");
     let (control, worker) = (&setup.control, &setup.worker);
@@ -252,7 +252,7 @@ fn a_version_that_traps_is_rolled_back_and_its_events_handled_again() {
 /// the component's initial memory) never handles an event: the agent
 /// stays on the current version and says why.
 #[test]
-fn a_version_that_fails_to_instantiate_is_never_used() {
+fn unstartable_version_is_never_used() {
     const TOTAL: usize = 3_000;
     let setup = start("no-start");
     let (control, worker) = (&setup.control, &setup.worker);

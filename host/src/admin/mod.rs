@@ -12,7 +12,7 @@
 //! | method and path | token | what it does |
 //! |---|---|---|
 //! | `POST /v1/tenants` | admin | create a tenant; the reply contains its token, shown only once |
-//! | `GET /v1/tenants` | admin | list tenants and limits |
+//! | `GET /v1/tenants` | admin | list tenants, their limits and their agents' counters added up |
 //! | `PUT /v1/tenants/{tenant}/limits` | admin | set a tenant's limits |
 //! | `POST /v1/agents` | tenant | upload a version: `{"manifest": {...}, "component": "<base64>"}` |
 //! | `GET /v1/agents` | tenant | list agents, their versions and deployments |
@@ -238,7 +238,13 @@ async fn list_tenants(State(platform): State<Arc<Platform>>, headers: HeaderMap)
         .registry()
         .tenants
         .values()
-        .map(|t| json!({ "name": t.name, "limits": t.limits }))
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "limits": t.limits,
+                "counters": platform.tenant_stats(&t.name),
+            })
+        })
         .collect();
     Ok(Json(tenants).into_response())
 }

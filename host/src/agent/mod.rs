@@ -289,6 +289,21 @@ impl Stats {
             .unwrap_or_default()
     }
 
+    /// Returns the counters of every agent for which `include` returns
+    /// true, added up over their versions.
+    pub fn sum(&self, include: impl Fn(&str) -> bool) -> VersionStats {
+        let mut total = VersionStats::default();
+        for ((agent, _), stats) in self.lock().iter() {
+            if include(agent) {
+                total.events += stats.events;
+                total.traps += stats.traps;
+                total.dead_letters += stats.dead_letters;
+                total.refused += stats.refused;
+            }
+        }
+        total
+    }
+
     fn update(&self, agent: &str, label: &str, change: impl FnOnce(&mut VersionStats)) {
         change(
             self.lock()
