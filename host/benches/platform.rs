@@ -7,9 +7,9 @@
 //!   component, per language of the counting agent. The host pays it for
 //!   the first event after a trap and for every swap;
 //! - `swap`: a worker handles a steady stream over 8 partitions while its
-//!   counting agent is swapped between two versions 100 times; the pause
-//!   each swap holds up the worker's partitions, p50 and p99, and a check
-//!   that every event counted once;
+//!   counting agent is swapped between two versions 100 times. It prints
+//!   the pause each swap holds up the worker's partitions (p50 and p99)
+//!   and the number of events handled;
 //! - `neighbour`: a tenant's counter handles 600,000 events, alone and then
 //!   next to a tenant whose agent loops, grows memory, recurses and traps
 //!   on every event, twice each; the well-behaved tenant's events per

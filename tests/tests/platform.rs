@@ -381,7 +381,7 @@ fn records_in(harness: &Harness, topic: &str) -> usize {
 /// On a real broker the registry is durable: after a restart of `serve`,
 /// the tenant's token still works and its deployed version runs again.
 #[test]
-fn the_registry_survives_a_restart_on_a_real_broker() {
+fn registry_survives_restart_on_tansu() {
     let broker = Broker::start();
     let harness = Harness::with_brokers(&broker.bootstrap());
     harness.topic("acme.events", 2);
@@ -427,9 +427,9 @@ fn the_registry_survives_a_restart_on_a_real_broker() {
 /// and fills its table past the tenant's key limit, next to a tenant whose
 /// counter must stay exact. The host keeps running; each failure is the
 /// hostile agent's dead letter and shows in its own counters. The hostile
-/// agent's clock stands still, as nothing granted it one.
+/// agent's clock reads zero, because no grant gave it one.
 #[test]
-fn a_hostile_tenant_stays_contained() {
+fn hostile_tenant_stays_contained() {
     let harness = Harness::new();
     harness.topic("good.events", 2);
     harness.topic("evil.events", 2);

@@ -250,7 +250,7 @@ fn trapping_version_rolls_back() {
 
 /// A version whose instance cannot be created (its memory limit is below
 /// the component's initial memory) never handles an event: the agent
-/// stays on the current version and says why.
+/// stays on the current version and reports why.
 #[test]
 fn unstartable_version_is_never_used() {
     const TOTAL: usize = 3_000;
