@@ -172,7 +172,7 @@ pub struct Rollout {
     /// probation the previous version stays loaded. Default 1000; 0 turns
     /// automatic rollback off.
     pub probation_events: u64,
-    /// The share of probation events that may trap. One trap more rolls
+    /// The share of probation events that may trap or fail. One more rolls
     /// the agent back to the previous version. Default 0.1.
     pub max_trap_share: f64,
 }
@@ -467,12 +467,6 @@ impl Config {
                     "must be at least 1".into(),
                 ));
             }
-        }
-        if self.agents.is_empty() && self.admin.is_none() {
-            return Err(invalid(
-                "agents".into(),
-                "no agent is configured; add an [[agents]] section, or an [admin] section to deploy agents through the admin API".into(),
-            ));
         }
 
         let mut tables = BTreeSet::new();

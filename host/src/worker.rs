@@ -402,7 +402,7 @@ pub fn run(
                 .or_default()
                 .push(agents.len());
         }
-        tracing::info!(agent = %agent_config.name, component = %agent_config.component.display(), sources = ?agent_config.sources, "worker: agent loaded");
+        tracing::info!(agent = %agent_config.name, version = agent.version(), component = %agent_config.component.display(), sources = ?agent_config.sources, "worker: agent loaded");
         agents.push(agent);
     }
 

@@ -27,7 +27,7 @@ struct Served {
 impl Served {
     fn start(harness: &Harness, app: &str) -> Self {
         let config = harness.config(&format!(
-            "app_id = {app:?}\ncommit_interval_ms = 200\n[admin]\nlisten = \"127.0.0.1:0\"\ndefault_partitions = 2\n"
+            "app_id = {app:?}\ncommit_interval_ms = 200\n[admin]\nlisten = \"127.0.0.1:0\"\ndefault_partitions = 2\nmax_component_mib = 4\n"
         ));
         let address = Arc::new(Mutex::new(None));
         let platform = Arc::new(Mutex::new(None));
@@ -167,6 +167,31 @@ fn wait_for(what: &str, condition: impl Fn() -> bool) {
     }
 }
 
+/// Sends an upload of `length` bytes, stopping where the server closes
+/// the connection, and returns the reply it sent.
+fn early_reply(address: SocketAddr, token: String, length: usize) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/agents HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![b' '; 64 * 1024];
+    for _ in 0..length / chunk.len() {
+        if stream.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let mut reply = String::new();
+    let _ = stream.read_to_string(&mut reply);
+    reply
+}
+
 fn error_of(result: anyhow::Result<Value>) -> String {
     format!("{:#}", result.expect_err("the request is refused"))
 }
@@ -179,7 +204,8 @@ fn tokens_and_validation() {
     let harness = Harness::new();
     let served = Served::start(&harness, "tokens");
     let admin = served.client(ADMIN_TOKEN);
-    let acme = served.client(&create_tenant(&admin, "acme"));
+    let acme_token = create_tenant(&admin, "acme");
+    let acme = served.client(&acme_token);
     let beta = served.client(&create_tenant(&admin, "beta"));
 
     assert_eq!(
@@ -233,8 +259,24 @@ fn tokens_and_validation() {
             &json!({ "manifest": manifest("counter", &["counts"], &[]), "component": "aGVsbG8=" }),
         ),
     );
-    assert!(error_of(not_wasm)
-        .starts_with("POST /v1/agents: 422 component: not a WebAssembly component"));
+    assert_eq!(
+        error_of(not_wasm),
+        "POST /v1/agents: 422 component: not a WebAssembly file: it starts with bytes 68 65 6c 6c instead of 00 61 73 6d (\"\\0asm\"); upload the .wasm file the build wrote"
+    );
+    // The server stops reading at its limit, answers 413 and closes the
+    // connection, so a client still sending sees the connection close.
+    let reply = early_reply(served.address, acme_token, 8 * 1024 * 1024);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(
+        reply.ends_with("{\"error\":\"the upload is larger than 6640984 bytes; a component may be at most 4 MiB (admin.max_component_mib)\"}"),
+        "{reply}"
+    );
+    assert!(error_of(upload(
+        &acme,
+        manifest("counter", &["counts"], &[]),
+        "counter_py"
+    ))
+    .starts_with("POST /v1/agents: the admin API closed the connection during the request"));
     let mut greedy = manifest("counter", &["counts"], &[]);
     greedy["limits"]["memory_mib"] = json!(4096);
     assert_eq!(
@@ -328,7 +370,8 @@ fn deploy_swap_rollback_and_isolation() {
         .call("POST", "/v1/agents/counter/rollback", Some(&json!({})))
         .expect("rollback");
     assert_eq!(rolled["version"], 1);
-    assert_eq!(rolled["history"], json!([2]));
+    // The abandoned version 2 stays off the history.
+    assert_eq!(rolled["history"], json!([]));
     wait_for("the swap back to v1", || {
         served.platform.swap_pauses().len() == 2
     });

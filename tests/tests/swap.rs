@@ -209,12 +209,25 @@ fn swap_and_back_counts_each_event_once() {
 /// so nothing reaches the dead-letter topic and every event counts once.
 #[test]
 fn trapping_version_rolls_back() {
+    // `misbehave` traps on `trap`; `counter` counts any value.
+    rolls_back_on("rollback-trap", b"trap");
+}
+
+/// The same for a version that returns an error on every event.
+#[test]
+fn failing_version_rolls_back() {
+    // `misbehave` returns an error on `fail`.
+    rolls_back_on("rollback-fail", b"fail");
+}
+
+/// Swaps `counter` for `misbehave` while every record's value is `value`,
+/// which `misbehave` fails on, and checks the rollback.
+fn rolls_back_on(app: &str, value: &'static [u8]) {
     const TOTAL: usize = 6_000;
-    let setup = start("rollback");
+    let setup = start(app);
     let (control, worker) = (&setup.control, &setup.worker);
     let broken = version(&setup.runtime, "misbehave", "v2");
-    // `misbehave` traps on `trap`; `counter` counts any value.
-    let producer = produce(&setup.harness, TOTAL, b"trap");
+    let producer = produce(&setup.harness, TOTAL, value);
 
     wait_until("the first events", worker, || worker.events() > 1_000);
     swap(control, &broken, 100);
@@ -229,7 +242,7 @@ fn trapping_version_rolls_back() {
             assert_eq!((from.as_str(), to.as_str()), ("v2", "config"));
             assert!(
                 reason.starts_with(
-                    "11 of its first 11 events trapped, more than the allowed share 0.1"
+                    "11 of its first 11 events failed, more than the allowed share 0.1"
                 ),
                 "{reason}"
             );
@@ -238,14 +251,14 @@ fn trapping_version_rolls_back() {
     }
 
     producer.join().expect("producer thread");
-    setup.harness.wait_committed_to_end("rollback", "events");
+    setup.harness.wait_committed_to_end(app, "events");
     let stats = setup.control.stats.clone();
     let summary = setup.worker.stop();
     assert_eq!(summary.events, TOTAL as u64);
     assert_eq!(summary.dead_letters, 0);
     assert_eq!(stats.get("counter", "v2").events, 0);
     assert_eq!(stats.get("counter", "config").events, TOTAL as u64);
-    assert_eq!(counts(&setup.harness, "rollback"), each_once(TOTAL));
+    assert_eq!(counts(&setup.harness, app), each_once(TOTAL));
 }
 
 /// A version whose instance cannot be created (its memory limit is below

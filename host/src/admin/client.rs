@@ -55,6 +55,21 @@ impl Client {
                 .send_json(body),
             _ => bail!("admin client: unsupported request {method} {path}"),
         };
+        // The server answers an oversized body with 413 before reading it
+        // and closes the connection, which the client sees as a failed send.
+        if let Err(ureq::Error::Io(error)) = &response {
+            if body.is_some()
+                && matches!(
+                    error.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                )
+            {
+                bail!(
+                    "{method} {path}: the admin API closed the connection during the request ({error}); \
+                     the request is probably larger than the server accepts (admin.max_component_mib)"
+                );
+            }
+        }
         let mut response = response.with_context(|| {
             format!("cannot reach the admin API at {}; is `tablehost serve` running there? (--admin or TABLEHOST_ADMIN_URL)", self.base)
         })?;

@@ -26,6 +26,7 @@ pub mod client;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -322,9 +323,24 @@ fn version_view(platform: &Platform, tenant: &str, record: &VersionRecord) -> Ve
 async fn upload(
     State(platform): State<Arc<Platform>>,
     headers: HeaderMap,
-    Json(upload): Json<Upload>,
+    upload: Result<Json<Upload>, JsonRejection>,
 ) -> Reply {
     let tenant = tenant_only(&platform, &headers)?;
+    let Json(upload) = upload.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                format!(
+                    "the upload is larger than {} bytes; a component may be at most {} MiB (admin.max_component_mib)",
+                    platform.max_request_bytes(),
+                    platform.max_component_bytes / (1024 * 1024)
+                ),
+            )
+        } else {
+            ApiError::new(status, format!("the upload is not valid JSON of the form {{\"manifest\": {{...}}, \"component\": \"<base64>\"}}: {}", rejection.body_text()))
+        }
+    })?;
     let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
     check_runnable(&upload.manifest, &tenant)
         .map_err(|m| unprocessable(format!("manifest: {m}")))?;
@@ -452,7 +468,7 @@ async fn deploy(
     })?;
     blocking(move || {
         let _change = platform.change_lock();
-        change_deployment(&platform, &tenant, &agent, number, "deployed")
+        change_deployment(&platform, &tenant, &agent, number, Change::Deploy)
     })
     .await
 }
@@ -488,9 +504,19 @@ async fn rollback(
                 )
             })?,
         };
-        change_deployment(&platform, &tenant, &agent, number, "rolled back by request")
+        change_deployment(&platform, &tenant, &agent, number, Change::Rollback)
     })
     .await
+}
+
+/// How a deployment changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Change {
+    /// A new version runs; the current one goes onto the history.
+    Deploy,
+    /// An earlier version runs again; the current one is abandoned and
+    /// stays off the history, so a second rollback goes further back.
+    Rollback,
 }
 
 fn change_deployment(
@@ -498,8 +524,12 @@ fn change_deployment(
     tenant: &TenantRecord,
     agent: &str,
     number: u32,
-    reason: &str,
+    change: Change,
 ) -> Reply {
+    let reason = match change {
+        Change::Deploy => "deployed",
+        Change::Rollback => "rolled back by request",
+    };
     let record = find_version(platform, &tenant.name, agent, number)?;
     match platform.status(&tenant.name, agent, number) {
         VersionStatus::Ready => {}
@@ -530,7 +560,9 @@ fn change_deployment(
             return Ok(Json(previous).into_response());
         }
         history.retain(|&n| n != number);
-        history.push(previous.version);
+        if change == Change::Deploy {
+            history.push(previous.version);
+        }
     }
     let deployment = DeploymentRecord {
         tenant: tenant.name.clone(),

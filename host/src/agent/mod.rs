@@ -8,8 +8,9 @@
 //! [`AgentRuntime::prepare`] compiles and links one version of an agent
 //! from a component or a wit-bindgen core module; [`Agent::swap`] puts a
 //! prepared version in place between two batches. A swapped-in version is
-//! on probation for its first events ([`Rollout`]): a trap sends the event
-//! to the previous version, and too many traps roll the agent back.
+//! on probation for its first events ([`Rollout`]): a trap or an error
+//! sends the event to the previous version, and too many roll the agent
+//! back.
 //!
 //! A batch of events goes into the component in one call. If the call
 //! traps or returns an error, the batch's effects are discarded. A trapped
@@ -347,7 +348,7 @@ struct Probation {
     previous: Slot,
     /// Events the new version has been given so far.
     events: u64,
-    /// Traps of the new version so far.
+    /// Traps and errors of the new version so far.
     traps: u64,
     rollout: Rollout,
 }
@@ -653,10 +654,10 @@ impl Agent {
         self.probation_progress(events);
     }
 
-    /// Deals with `event`, which failed alone on the current version. A
-    /// trap on probation counts against the new version, which is rolled
-    /// back once it exceeds its share, and the event goes to the previous
-    /// version. Otherwise the event is a dead letter.
+    /// Deals with `event`, which failed alone on the current version. On
+    /// probation, a trap or an error counts against the new version, which
+    /// is rolled back once its failures exceed their share, and the event
+    /// goes to the previous version. Otherwise the event is a dead letter.
     fn failed(
         &mut self,
         event: &Event,
@@ -666,7 +667,9 @@ impl Agent {
         outcome: &mut BatchOutcome,
     ) -> anyhow::Result<()> {
         let message = match error {
-            CallError::Trap(message) if self.probation.is_some() => message,
+            CallError::Trap(message) | CallError::Failed(message) if self.probation.is_some() => {
+                message
+            }
             CallError::Trap(message) | CallError::Failed(message) => {
                 let label = self.current.version.label.clone();
                 self.stats
@@ -681,12 +684,12 @@ impl Agent {
         probation.events += 1;
         if probation.traps > probation.rollout.trap_budget() {
             let reason = format!(
-                "{} of its first {} events trapped, more than the allowed share {}; last: {message}",
+                "{} of its first {} events failed, more than the allowed share {}; last: {message}",
                 probation.traps, probation.events, probation.rollout.max_trap_share
             );
             self.roll_back(reason);
         } else {
-            tracing::warn!(agent = %self.grants.name, version = %self.current.version.label, offset = event.offset, error = %message, "agent.handle: version on probation trapped; the previous version handles the event");
+            tracing::warn!(agent = %self.grants.name, version = %self.current.version.label, offset = event.offset, error = %message, "agent.handle: version on probation failed; the previous version handles the event");
         }
         let which = if self.probation.is_some() {
             Which::Previous

@@ -100,6 +100,13 @@ pub struct CheckedComponent {
 /// Fails with what is wrong: which import is not granted, which export is
 /// missing, or why the bytes do not parse.
 pub fn check_component(bytes: &[u8]) -> anyhow::Result<CheckedComponent> {
+    if !bytes.starts_with(b"\0asm") {
+        let start: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        anyhow::bail!(
+            "not a WebAssembly file: it starts with bytes {} instead of 00 61 73 6d (\"\\0asm\"); upload the .wasm file the build wrote",
+            start.join(" ")
+        );
+    }
     let core_module = is_core_module(bytes);
     let wrapped = if core_module {
         Some(wrap_module(bytes)?)

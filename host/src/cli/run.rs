@@ -43,6 +43,12 @@ pub(super) struct RunArgs {
 
 pub(super) fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
+    if config.agents.is_empty() {
+        anyhow::bail!(
+            "config {}: agents: no agent is configured; add an [[agents]] section, or deploy agents through `tablehost serve`",
+            args.config.display()
+        );
+    }
     let kafka = Arc::new(connect(&config)?);
     let shutdown = Arc::new(Shutdown::default());
     install_signal_handler(shutdown.clone())?;
@@ -121,22 +127,29 @@ pub(super) fn install_signal_handler(shutdown: Arc<Shutdown>) -> anyhow::Result<
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    std::thread::Builder::new().name("tablehost-signals".into()).spawn(move || {
-        runtime.block_on(async {
-            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "signals: cannot listen for SIGTERM");
-                    return;
-                }
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => tracing::info!("signals: SIGINT received; draining and committing"),
-                _ = terminate.recv() => tracing::info!("signals: SIGTERM received; draining and committing"),
-            }
-            shutdown.request();
-        });
-    })?;
+    std::thread::Builder::new()
+        .name("tablehost-signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                let mut terminate =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(signal) => signal,
+                        Err(error) => {
+                            tracing::error!(%error, "signals: cannot listen for SIGTERM");
+                            return;
+                        }
+                    };
+                let signal = tokio::select! {
+                    _ = tokio::signal::ctrl_c() => "SIGINT",
+                    _ = terminate.recv() => "SIGTERM",
+                };
+                // The stop request comes first: logging to a closed stderr
+                // must not keep the process from stopping.
+                shutdown.request();
+                tracing::info!("signals: {signal} received; draining and committing");
+            });
+        })?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `tablehost serve`: the admin API and a worker running the deployed
 //! agents.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -21,8 +22,11 @@ pub struct ServeArgs {
 pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     let kafka = Arc::new(super::run::connect(&config)?);
+    // A closed stdout (as behind `| head`) must not stop the server, so
+    // these lines ignore write errors.
     if kafka.embedded_cluster().is_some() {
-        println!(
+        let _ = writeln!(
+            std::io::stdout(),
             "embedded cluster at {} (its topics live only as long as this process)",
             kafka.bootstrap_servers()
         );
@@ -34,7 +38,7 @@ pub(super) fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .ok()
             .filter(|t| !t.trim().is_empty()),
         on_listen: Some(Arc::new(|address| {
-            println!("admin API at http://{address}")
+            let _ = writeln!(std::io::stdout(), "admin API at http://{address}");
         })),
         on_platform: None,
     };

@@ -113,9 +113,10 @@ impl EmbeddedCluster {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "embedded cluster: topic {topic} partition {partition} would hold {bytes} bytes in {records} records that \
-     are not yet consumed, but the embedded cluster keeps only the newest {retained_bytes} bytes or \
-     {retained_batches} batches of a partition and drops older records; run against a real broker \
-     (set `brokers` in the config) for data of this size"
+     are not yet consumed, over the host's limit of {usable_bytes} bytes or {usable_records} records per \
+     partition. The embedded cluster keeps only the newest {retained_bytes} bytes or {retained_batches} \
+     batches of a partition and drops older records, and the host stays a quarter below that. Run against \
+     a real broker (set `brokers` in the config) for data of this size"
 )]
 pub struct RetentionError {
     /// The topic.
@@ -126,6 +127,10 @@ pub struct RetentionError {
     pub bytes: u64,
     /// Records the partition would hold unconsumed.
     pub records: u64,
+    /// The bytes the host lets a partition hold unconsumed.
+    pub usable_bytes: u64,
+    /// The records the host lets a partition hold unconsumed.
+    pub usable_records: u64,
     /// See [`RETAINED_BYTES`].
     pub retained_bytes: u64,
     /// See [`RETAINED_BATCHES`].
@@ -187,6 +192,8 @@ impl RetentionLedger {
                 partition,
                 bytes: pending_bytes + bytes,
                 records: pending_records + records,
+                usable_bytes: USABLE_BYTES,
+                usable_records: USABLE_RECORDS,
                 retained_bytes: RETAINED_BYTES,
                 retained_batches: RETAINED_BATCHES,
             });
@@ -231,6 +238,8 @@ impl RetentionLedger {
                     partition,
                     bytes: pending_bytes + bytes,
                     records: pending_records + 1,
+                    usable_bytes: USABLE_BYTES,
+                    usable_records: USABLE_RECORDS,
                     retained_bytes: RETAINED_BYTES,
                     retained_batches: RETAINED_BATCHES,
                 });
