@@ -640,7 +640,7 @@ mod tests {
         );
         assert!(
             error.ends_with(
-                "run against a real broker (set `brokers` in the config) for data of this size"
+                "Run against a real broker (set `brokers` in the config) for data of this size"
             ),
             "{error}"
         );
