@@ -278,14 +278,19 @@ pub struct VersionStats {
 }
 
 /// Counters per agent and version label, shared with the admin API.
+/// Nested maps, so the per-batch update looks up borrowed names and
+/// allocates only for a version's first count.
 #[derive(Debug, Clone, Default)]
-pub struct Stats(Arc<std::sync::Mutex<BTreeMap<(String, String), VersionStats>>>);
+pub struct Stats(Arc<std::sync::Mutex<StatsMap>>);
+
+type StatsMap = BTreeMap<String, BTreeMap<String, VersionStats>>;
 
 impl Stats {
     /// Returns the counters of `agent` at version `label`.
     pub fn get(&self, agent: &str, label: &str) -> VersionStats {
         self.lock()
-            .get(&(agent.to_owned(), label.to_owned()))
+            .get(agent)
+            .and_then(|versions| versions.get(label))
             .copied()
             .unwrap_or_default()
     }
@@ -294,26 +299,30 @@ impl Stats {
     /// true, added up over their versions.
     pub fn sum(&self, include: impl Fn(&str) -> bool) -> VersionStats {
         let mut total = VersionStats::default();
-        for ((agent, _), stats) in self.lock().iter() {
-            if include(agent) {
-                total.events += stats.events;
-                total.traps += stats.traps;
-                total.dead_letters += stats.dead_letters;
-                total.refused += stats.refused;
-            }
+        let map = self.lock();
+        let included = map.iter().filter(|(agent, _)| include(agent));
+        for stats in included.flat_map(|(_, versions)| versions.values()) {
+            total.events += stats.events;
+            total.traps += stats.traps;
+            total.dead_letters += stats.dead_letters;
+            total.refused += stats.refused;
         }
         total
     }
 
     fn update(&self, agent: &str, label: &str, change: impl FnOnce(&mut VersionStats)) {
-        change(
-            self.lock()
-                .entry((agent.to_owned(), label.to_owned()))
-                .or_default(),
-        );
+        let mut map = self.lock();
+        if !map.contains_key(agent) {
+            map.insert(agent.to_owned(), BTreeMap::new());
+        }
+        let versions = map.get_mut(agent).expect("inserted above");
+        if !versions.contains_key(label) {
+            versions.insert(label.to_owned(), VersionStats::default());
+        }
+        change(versions.get_mut(label).expect("inserted above"));
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(String, String), VersionStats>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, StatsMap> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -541,7 +550,7 @@ impl Agent {
         if slot.instance.is_none() {
             slot.instance = Some(instantiate(&self.engine, &slot.grants, &slot.version)?);
         }
-        let label = slot.version.label.clone();
+        let version = slot.version.clone();
         let instance = slot.instance.as_mut().expect("instance was just created");
         let ticks = slot
             .grants
@@ -563,7 +572,7 @@ impl Agent {
         let refused = instance.store.data().refused.take();
         if refused > 0 && (events == 1 || matches!(result, Ok(Ok(())))) {
             self.stats
-                .update(&self.grants.name, &label, |s| s.refused += refused);
+                .update(&self.grants.name, &version.label, |s| s.refused += refused);
         }
         match result {
             Ok(Ok(())) => Ok(Ok(effects)),
@@ -581,7 +590,7 @@ impl Agent {
                 slot.instance = None;
                 self.traps += 1;
                 self.stats
-                    .update(&self.grants.name, &label, |s| s.traps += 1);
+                    .update(&self.grants.name, &version.label, |s| s.traps += 1);
                 Ok(Err(CallError::Trap(text)))
             }
         }
@@ -648,9 +657,10 @@ impl Agent {
 
     /// Counts events the current version handled.
     fn counted(&mut self, events: u64) {
-        let label = self.current.version.label.clone();
         self.stats
-            .update(&self.grants.name, &label, |s| s.events += events);
+            .update(&self.grants.name, &self.current.version.label, |s| {
+                s.events += events
+            });
         self.probation_progress(events);
     }
 
@@ -671,9 +681,10 @@ impl Agent {
                 message
             }
             CallError::Trap(message) | CallError::Failed(message) => {
-                let label = self.current.version.label.clone();
                 self.stats
-                    .update(&self.grants.name, &label, |s| s.dead_letters += 1);
+                    .update(&self.grants.name, &self.current.version.label, |s| {
+                        s.dead_letters += 1
+                    });
                 self.probation_progress(1);
                 self.dead_letter(event, message, outcome);
                 return Ok(());
@@ -699,11 +710,11 @@ impl Agent {
         match self.call(which, std::slice::from_ref(event), partition, times)? {
             Ok(effects) => {
                 let label = match (&self.probation, which) {
-                    (Some(p), Which::Previous) => p.previous.version.label.clone(),
-                    _ => self.current.version.label.clone(),
+                    (Some(p), Which::Previous) => &p.previous.version.label,
+                    _ => &self.current.version.label,
                 };
                 self.stats
-                    .update(&self.grants.name, &label, |s| s.events += 1);
+                    .update(&self.grants.name, label, |s| s.events += 1);
                 self.apply(effects, outcome);
             }
             Err(CallError::Trap(message) | CallError::Failed(message)) => {
