@@ -357,6 +357,21 @@ impl Worker {
         self.events.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Waits until `condition` holds, failing the test when the worker
+    /// stops first or [`RUN_TIMEOUT`] passes; `what` names the condition
+    /// in the failure message.
+    pub fn wait_until(&self, what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + RUN_TIMEOUT;
+        while !condition() {
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not happen within {RUN_TIMEOUT:?}"
+            );
+            assert!(!self.has_stopped(), "the worker stopped before {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Returns whether the worker's run has ended, as after an error.
     pub fn has_stopped(&self) -> bool {
         self.thread.is_finished()

@@ -47,18 +47,6 @@ fn produce(harness: &Harness, total: usize, value: &'static [u8]) -> std::thread
     })
 }
 
-fn wait_until(what: &str, worker: &Worker, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {RUN_TIMEOUT:?}"
-        );
-        assert!(!worker.has_stopped(), "the worker stopped before {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn version(runtime: &AgentRuntime, plugin_name: &str, label: &str) -> Arc<AgentVersion> {
     let bytes = std::fs::read(plugin(plugin_name)).expect("component is readable");
     runtime
@@ -156,7 +144,7 @@ fn swap_and_back_counts_each_event_once() {
     let v2 = version(&setup.runtime, "misbehave", "v2");
     let producer = produce(&setup.harness, TOTAL, b"count");
 
-    wait_until("a third of the events", worker, || {
+    worker.wait_until("a third of the events", || {
         worker.events() > TOTAL as u64 / 3
     });
     swap(control, &v2, 100);
@@ -167,9 +155,7 @@ fn swap_and_back_counts_each_event_once() {
         other => panic!("expected the swap to v2, got {other:?}"),
     }
     let at_swap = worker.events();
-    wait_until("more events on v2", worker, || {
-        worker.events() > at_swap + 3_000
-    });
+    worker.wait_until("more events on v2", || worker.events() > at_swap + 3_000);
     swap(control, &v1, 100);
     match next_notice(control, worker) {
         AgentNotice::Swapped { from, to, .. } => {
@@ -229,7 +215,7 @@ fn rolls_back_on(app: &str, value: &'static [u8]) {
     let broken = version(&setup.runtime, "misbehave", "v2");
     let producer = produce(&setup.harness, TOTAL, value);
 
-    wait_until("the first events", worker, || worker.events() > 1_000);
+    worker.wait_until("the first events", || worker.events() > 1_000);
     swap(control, &broken, 100);
     assert!(matches!(
         next_notice(control, worker),
@@ -272,7 +258,7 @@ fn unstartable_version_is_never_used() {
     let other = version(&setup.runtime, "misbehave", "v2");
     let producer = produce(&setup.harness, TOTAL, b"count");
 
-    wait_until("the first events", worker, || worker.events() > 500);
+    worker.wait_until("the first events", || worker.events() > 500);
     control.send(Command::Swap {
         agent: "counter".into(),
         version: other,

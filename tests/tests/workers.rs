@@ -2,11 +2,11 @@
 //! consumer group, and workers join and leave while records arrive.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tablehost::config::Config;
 use tablehost::kafka::producer::TrackedProducer;
-use tablehost_tests::{counter_app, Broker, Harness, Worker, RUN_TIMEOUT};
+use tablehost_tests::{counter_app, Broker, Harness, Worker};
 
 const PARTITIONS: u32 = 8;
 const KEYS: usize = 400;
@@ -16,18 +16,6 @@ fn worker_config(harness: &Harness, worker: &str) -> Config {
         worker,
         &counter_app("workers", "commit_interval_ms = 200", ""),
     )
-}
-
-fn wait_until(what: &str, worker: &Worker, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within {RUN_TIMEOUT:?}"
-        );
-        assert!(!worker.has_stopped(), "the worker stopped before {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Worker A starts alone, B joins, A leaves and C joins, all while a
@@ -79,11 +67,11 @@ fn join_and_leave(harness: &Harness, chunks: usize, chunk_events: usize) {
     };
 
     let a = harness.start_worker(&worker_config(harness, "worker-a"));
-    wait_until("worker A handling events", &a, || {
+    a.wait_until("worker A handling events", || {
         a.events() > chunk_events as u64
     });
     let b = harness.start_worker(&worker_config(harness, "worker-b"));
-    wait_until("worker B handling events", &b, || b.events() > 0);
+    b.wait_until("worker B handling events", || b.events() > 0);
     let a_summary = a.stop();
     let c = harness.start_worker(&worker_config(harness, "worker-c"));
     producer.join().expect("producer thread");
