@@ -141,7 +141,7 @@ pub struct AgentConfig {
     /// Resource limits of the agent's instances.
     #[serde(default)]
     pub limits: Limits,
-    /// What a new version of the agent must get through after a swap.
+    /// The probation of a new version after a swap.
     #[serde(default)]
     pub rollout: Rollout,
     /// The WASI capabilities the agent gets beyond the minimum.
@@ -164,7 +164,7 @@ pub struct WasiGrants {
     pub clocks: bool,
 }
 
-/// How a new version is put on probation after a swap.
+/// The probation settings of a new version after a swap.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Rollout {

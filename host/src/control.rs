@@ -22,7 +22,7 @@ pub enum Command {
         agent: String,
         /// The prepared version; it must come from the worker's runtime.
         version: Arc<AgentVersion>,
-        /// How the new version is put on probation.
+        /// The probation settings of the new version.
         rollout: Rollout,
         /// The new limits of the agent's instances.
         limits: Limits,

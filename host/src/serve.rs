@@ -45,7 +45,7 @@ pub enum VersionStatus {
     Compiling,
     /// Compiled and linked.
     Ready,
-    /// Compiling or linking failed; the message says why.
+    /// Compiling or linking failed, for the reason in the message.
     Failed(String),
 }
 
@@ -61,7 +61,7 @@ impl std::fmt::Display for VersionStatus {
 
 type VersionKey = (String, String, u32);
 
-/// What the admin API and the supervisor share.
+/// The state the admin API and the supervisor share.
 pub struct Platform {
     pub(crate) admin_token_sha256: Option<String>,
     pub(crate) max_component_bytes: u64,
@@ -92,7 +92,7 @@ impl Platform {
     /// Fails when the cluster does not acknowledge them.
     pub fn write(&self, entries: Vec<Entry>) -> anyhow::Result<()> {
         lock(&self.log).write(&entries)?;
-        // The entries apply when they are read back, so this process sees
+        // The entries apply when they are read back, so this process applies
         // every entry in the topic's order, its own ones included.
         self.catch_up()?;
         Ok(())

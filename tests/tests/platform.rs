@@ -263,8 +263,8 @@ fn tokens_and_validation() {
         error_of(not_wasm),
         "POST /v1/agents: 422 component: not a WebAssembly file: it starts with bytes 68 65 6c 6c instead of 00 61 73 6d (\"\\0asm\"); upload the .wasm file the build wrote"
     );
-    // The server stops reading at its limit, answers 413 and closes the
-    // connection, so a client still sending sees the connection close.
+    // The server stops reading at its limit, replies 413 and closes the
+    // connection, so a client still sending gets a failed send.
     let reply = early_reply(served.address, acme_token, 8 * 1024 * 1024);
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
     assert!(

@@ -55,8 +55,8 @@ impl Client {
                 .send_json(body),
             _ => bail!("admin client: unsupported request {method} {path}"),
         };
-        // The server answers an oversized body with 413 before reading it
-        // and closes the connection, which the client sees as a failed send.
+        // The server replies 413 to an oversized body, stops reading it and
+        // closes the connection, which fails the client's send.
         if let Err(ureq::Error::Io(error)) = &response {
             if body.is_some()
                 && matches!(

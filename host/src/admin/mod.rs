@@ -68,7 +68,7 @@ impl From<anyhow::Error> for ApiError {
 
 type Reply = Result<Response, ApiError>;
 
-/// Who a request comes from.
+/// The caller of a request, from its token.
 enum Caller {
     Admin,
     Tenant(TenantRecord),
@@ -509,7 +509,7 @@ async fn rollback(
     .await
 }
 
-/// How a deployment changes.
+/// The kind of a deployment change.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Change {
     /// A new version runs; the current one goes onto the history.

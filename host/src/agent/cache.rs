@@ -15,7 +15,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 /// Returns the component in `bytes`, compiling it only when no compiled
-/// copy is cached in `cache_dir`. `name` says where it came from, in logs.
+/// copy is cached in `cache_dir`. `name` identifies it in logs.
 pub(super) fn load_component(
     engine: &Engine,
     bytes: &[u8],

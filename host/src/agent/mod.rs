@@ -362,7 +362,7 @@ struct Probation {
     rollout: Rollout,
 }
 
-/// Which version a call goes to.
+/// The version a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Which {
     Current,
@@ -422,7 +422,7 @@ impl Agent {
     /// Replaces the current version with `version`, whose instances get
     /// `limits`, between two batches. The new version is instantiated at
     /// once; when that fails the agent stays on the current version and
-    /// limits, and a rollback notice says why. With
+    /// limits, and a rollback notice gives the reason. With
     /// `rollout.probation_events` above zero the current version is kept
     /// for a rollback until the new one has handled that many events.
     pub fn swap(&mut self, version: Arc<AgentVersion>, rollout: Rollout, limits: Limits) {

@@ -80,7 +80,7 @@ const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:sockets/",
 ];
 
-/// What a quick look at uploaded bytes found.
+/// The result of checking uploaded bytes without compiling them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedComponent {
     /// The interfaces the component imports.

@@ -5,7 +5,7 @@
 //! them in one order). Uploaded bytes go to `<app_id>-registry-blobs` in
 //! chunks keyed `<sha256>/<index>/<count>`, and to a local copy under
 //! `<state_dir>/registry/blobs`, which a process reads first. The embedded
-//! cluster keeps only a few MiB per partition and forgets its topics at
+//! cluster keeps only a few MiB per partition and loses its topics at
 //! exit, so there the local copy is what a restarted process reads.
 
 use std::collections::{BTreeMap, HashMap};

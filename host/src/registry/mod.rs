@@ -35,11 +35,12 @@ pub struct TenantRecord {
     /// SHA-256 of the tenant's bearer token, hex. The token itself is
     /// shown once, when the tenant is created, and never stored.
     pub token_sha256: String,
-    /// The most any of the tenant's agents may be given.
+    /// The maximum limits any of the tenant's agents may be given.
     pub limits: Limits,
 }
 
-/// What a tenant uploads with a component: the agent's shape and limits.
+/// The manifest a tenant uploads with a component: the agent's shape and
+/// limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -96,7 +97,7 @@ impl VersionRecord {
     }
 }
 
-/// Which version of an agent runs, and which ran before.
+/// The deployment of an agent: the version that runs and those before.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
     /// The owning tenant.
@@ -107,7 +108,7 @@ pub struct DeploymentRecord {
     pub version: u32,
     /// Versions deployed before, oldest first.
     pub history: Vec<u32>,
-    /// Why the deployment last changed.
+    /// The reason of the last change.
     pub reason: String,
     /// When it last changed, in milliseconds since the epoch.
     pub changed_ms: i64,
